@@ -1,14 +1,682 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! The mailbox model, free of any protocol: mailboxes with sealed names, messages with
+//! sealed bodies, metadata and flags, UIDs and MODSEQs, expunge, copy and move, and the
+//! delivery path that holds only a user's public key.
+//!
+//! Every operation that reads or writes sealed data takes an [`Unlocked`] session, the
+//! vault's proof that the user's keyring is open. [`deliver`] is the one exception: it
+//! seals to the public key and never needs the keyring (CRYPTO.md, "Delivery while the
+//! user is away").
+#![forbid(unsafe_code)]
+
+pub mod codec;
+mod deliver;
+mod error;
+
+pub use codec::{MailboxInfo, MessageMeta};
+pub use deliver::{Delivered, deliver};
+pub use error::MailError;
+
+use coffer_store::{FlagUpdate, MailboxRow, MessageRow, NewMailbox, NewMessage, SealRef};
+use coffer_types::{
+    BlobId, Flag, Generation, MailboxId, MailboxName, ModSeq, MsgId, SecurityMode, SpecialUse, Uid,
+    UidValidity, UserId,
+};
+use coffer_vault::{Keyring, Pepper, Place, Unlocked, Vault};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+pub type Result<T> = std::result::Result<T, MailError>;
+
+/// Largest message accepted by append and delivery unless the config says less.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A mailbox as its owner sees it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub id: MailboxId,
+    pub name: MailboxName,
+    pub special_use: Option<SpecialUse>,
+    pub subscribed: bool,
+    pub uid_validity: UidValidity,
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    pub generation: Generation,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox").field("id", &self.id).finish_non_exhaustive()
     }
+}
+
+/// A message as its owner sees it, without its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub uid: Uid,
+    pub modseq: ModSeq,
+    pub msg_id: MsgId,
+    pub blob_id: BlobId,
+    pub seal: SealRef,
+    pub size: u64,
+    pub internal_date: i64,
+    pub tz_offset_minutes: i16,
+    pub flags: Vec<Flag>,
+}
+
+/// How STORE combines flags (RFC 9051 §6.4.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlagOp {
+    Replace,
+    Add,
+    Remove,
+}
+
+/// INTERNALDATE for an append: seconds since the epoch and zone offset in minutes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InternalDate {
+    pub timestamp: i64,
+    pub tz_offset_minutes: i16,
+}
+
+impl InternalDate {
+    pub fn now() -> Self {
+        InternalDate {
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            tz_offset_minutes: 0,
+        }
+    }
+}
+
+/// The mailboxes a new account (or a new keyring after a reset) starts with: INBOX and
+/// the RFC 6154 special-use mailboxes, all subscribed.
+pub fn default_mailboxes(ring: &Keyring, pepper: &Pepper) -> Vec<NewMailbox> {
+    let mut specs: Vec<(MailboxName, Option<SpecialUse>)> = vec![(MailboxName::inbox(), None)];
+    for (name, role) in SpecialUse::defaults() {
+        specs.push((MailboxName::new(name).expect("static names are valid"), Some(role)));
+    }
+    specs
+        .into_iter()
+        .map(|(name, special_use)| new_mailbox_row(ring, pepper, name, special_use, true))
+        .collect()
+}
+
+fn new_mailbox_row(
+    ring: &Keyring,
+    pepper: &Pepper,
+    name: MailboxName,
+    special_use: Option<SpecialUse>,
+    subscribed: bool,
+) -> NewMailbox {
+    let generation = ring.current_generation();
+    let lookup = pepper.mailbox_lookup(ring.user_id(), generation, &name);
+    let is_inbox = name.is_inbox();
+    let info = MailboxInfo {
+        name,
+        special_use,
+        subscribed,
+    };
+    let (_, sealed) = ring.seal(Place::Mailbox(&lookup), &info.encode());
+    NewMailbox {
+        generation,
+        sealed,
+        lookup,
+        is_inbox,
+    }
+}
+
+/// The mailbox model over a vault (and through it, the store).
+#[derive(Clone)]
+pub struct Mail {
+    vault: Arc<Vault>,
+    max_message_bytes: u64,
+}
+
+impl Mail {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Mail {
+            vault,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+
+    pub fn with_max_message_bytes(mut self, max: u64) -> Self {
+        self.max_message_bytes = max;
+        self
+    }
+
+    pub fn vault(&self) -> &Arc<Vault> {
+        &self.vault
+    }
+
+    pub fn max_message_bytes(&self) -> u64 {
+        self.max_message_bytes
+    }
+
+    fn store(&self) -> &Arc<dyn coffer_store::Store> {
+        self.vault.store()
+    }
+
+    /// Creates a user with the default mailboxes.
+    pub async fn create_user(&self, name: &str, password: &str, mode: SecurityMode) -> Result<Unlocked> {
+        Ok(self
+            .vault
+            .create_user(name, password, mode, default_mailboxes)
+            .await?)
+    }
+
+    /// Resets a user to a new keyring with fresh default mailboxes (old mail kept sealed).
+    pub async fn reset_user(&self, name: &str, new_password: &str) -> Result<Unlocked> {
+        Ok(self.vault.reset(name, new_password, default_mailboxes).await?)
+    }
+
+    fn decode_mailbox(&self, session: &Unlocked, row: &MailboxRow) -> Result<Option<Mailbox>> {
+        let opened = session.with(|k| {
+            if !k.has_generation(row.generation) {
+                return Ok(None);
+            }
+            k.open(row.generation, Place::Mailbox(&row.lookup), &row.sealed).map(Some)
+        })?;
+        let Some(plain) = opened? else { return Ok(None) };
+        let info = MailboxInfo::decode(&plain).map_err(|_| MailError::Tampered(format!("mailbox {}", row.id)))?;
+        // The lookup must be the keyed hash of the sealed name: a swapped row is caught.
+        let expected = self
+            .vault
+            .pepper()
+            .mailbox_lookup(&row.user_id, row.generation, &info.name);
+        if expected != row.lookup {
+            return Err(MailError::Tampered(format!("mailbox {}", row.id)));
+        }
+        Ok(Some(Mailbox {
+            id: row.id,
+            name: info.name,
+            special_use: info.special_use,
+            subscribed: info.subscribed,
+            uid_validity: row.uid_validity,
+            uid_next: row.uid_next,
+            highest_modseq: row.highest_modseq,
+            generation: row.generation,
+        }))
+    }
+
+    /// Every mailbox the open keyring can read, sorted by name. Mailboxes of a generation
+    /// that is not open (before a reset, not reopened) are not listed.
+    pub async fn list_mailboxes(&self, session: &Unlocked) -> Result<Vec<Mailbox>> {
+        let rows = self.store().list_mailboxes(session.user_id()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(m) = self.decode_mailbox(session, row)? {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub async fn find_mailbox(&self, session: &Unlocked, name: &MailboxName) -> Result<Option<Mailbox>> {
+        let generation = session.with(|k| k.current_generation())?;
+        let lookup = self.vault.pepper().mailbox_lookup(session.user_id(), generation, name);
+        match self.store().find_mailbox(session.user_id(), &lookup).await? {
+            Some(row) => self.decode_mailbox(session, &row),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn get_mailbox(&self, session: &Unlocked, id: MailboxId) -> Result<Mailbox> {
+        let row = self
+            .store()
+            .get_mailbox(session.user_id(), id)
+            .await?
+            .ok_or(MailError::NoSuchMailbox)?;
+        self.decode_mailbox(session, &row)?.ok_or(MailError::NoSuchMailbox)
+    }
+
+    async fn require(&self, session: &Unlocked, name: &MailboxName) -> Result<Mailbox> {
+        self.find_mailbox(session, name).await?.ok_or(MailError::NoSuchMailbox)
+    }
+
+    /// Creates a mailbox and any missing parents (RFC 9051 §6.3.4).
+    pub async fn create_mailbox(&self, session: &Unlocked, name: &MailboxName) -> Result<Mailbox> {
+        if self.find_mailbox(session, name).await?.is_some() {
+            return Err(MailError::MailboxExists);
+        }
+        let mut ancestors = Vec::new();
+        let mut p = name.parent();
+        while let Some(parent) = p {
+            p = parent.parent();
+            ancestors.push(parent);
+        }
+        for parent in ancestors.into_iter().rev() {
+            if self.find_mailbox(session, &parent).await?.is_none() {
+                self.create_one(session, parent).await?;
+            }
+        }
+        self.create_one(session, name.clone()).await
+    }
+
+    async fn create_one(&self, session: &Unlocked, name: MailboxName) -> Result<Mailbox> {
+        let pepper = self.vault.pepper();
+        let new = session.with(|k| new_mailbox_row(k, pepper, name, None, true))?;
+        let row = match self.store().create_mailbox(session.user_id(), new).await {
+            Ok(row) => row,
+            Err(coffer_store::StoreError::Conflict(_)) => return Err(MailError::MailboxExists),
+            Err(e) => return Err(e.into()),
+        };
+        self.decode_mailbox(session, &row)?.ok_or(MailError::NoSuchMailbox)
+    }
+
+    async fn write_info(&self, session: &Unlocked, id: MailboxId, info: &MailboxInfo) -> Result<()> {
+        let pepper = self.vault.pepper();
+        let (generation, lookup, sealed) = session.with(|k| {
+            let g = k.current_generation();
+            let lookup = pepper.mailbox_lookup(k.user_id(), g, &info.name);
+            let (_, sealed) = k.seal(Place::Mailbox(&lookup), &info.encode());
+            (g, lookup, sealed)
+        })?;
+        match self
+            .store()
+            .update_mailbox(session.user_id(), id, generation, sealed, lookup)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(coffer_store::StoreError::Conflict(_)) => Err(MailError::MailboxExists),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Renames a mailbox and its children (RFC 9051 §6.3.6). Renaming INBOX moves its
+    /// messages to a new mailbox and leaves INBOX empty.
+    pub async fn rename_mailbox(&self, session: &Unlocked, from: &MailboxName, to: &MailboxName) -> Result<Mailbox> {
+        let source = self.require(session, from).await?;
+        if self.find_mailbox(session, to).await?.is_some() {
+            return Err(MailError::MailboxExists);
+        }
+        if to.is_under(from) {
+            return Err(MailError::NotAllowed("a mailbox cannot be moved under itself"));
+        }
+        if from.is_inbox() {
+            let target = self.create_mailbox(session, to).await?;
+            let uids: Vec<Uid> = self
+                .store()
+                .list_messages(session.user_id(), source.id)
+                .await?
+                .into_iter()
+                .map(|m| m.uid)
+                .collect();
+            if !uids.is_empty() {
+                self.store()
+                    .move_messages(session.user_id(), source.id, uids, target.id)
+                    .await?;
+            }
+            return self.get_mailbox(session, target.id).await;
+        }
+        // Parents of the new name first, so the hierarchy stays complete.
+        if let Some(parent) = to.parent() {
+            if self.find_mailbox(session, &parent).await?.is_none() {
+                self.create_mailbox(session, &parent).await?;
+            }
+        }
+        let all = self.list_mailboxes(session).await?;
+        for child in all.iter().filter(|m| m.name.is_under(from)) {
+            let suffix = &child.name.as_str()[from.as_str().len()..];
+            let new_name = MailboxName::new(&format!("{}{}", to.as_str(), suffix))?;
+            let info = MailboxInfo {
+                name: new_name,
+                special_use: child.special_use,
+                subscribed: child.subscribed,
+            };
+            self.write_info(session, child.id, &info).await?;
+        }
+        let info = MailboxInfo {
+            name: to.clone(),
+            special_use: source.special_use,
+            subscribed: source.subscribed,
+        };
+        self.write_info(session, source.id, &info).await?;
+        self.get_mailbox(session, source.id).await
+    }
+
+    /// Deletes a mailbox and its messages. INBOX cannot be deleted; a mailbox with children
+    /// is refused (as Dovecot does) so nothing is deleted by surprise.
+    pub async fn delete_mailbox(&self, session: &Unlocked, name: &MailboxName) -> Result<()> {
+        if name.is_inbox() {
+            return Err(MailError::NotAllowed("INBOX cannot be deleted"));
+        }
+        let mb = self.require(session, name).await?;
+        let all = self.list_mailboxes(session).await?;
+        if all.iter().any(|m| m.name.is_under(name)) {
+            return Err(MailError::HasChildren);
+        }
+        self.store().delete_mailbox(session.user_id(), mb.id).await?;
+        Ok(())
+    }
+
+    pub async fn set_subscribed(&self, session: &Unlocked, name: &MailboxName, subscribed: bool) -> Result<()> {
+        let mb = self.require(session, name).await?;
+        let info = MailboxInfo {
+            name: mb.name,
+            special_use: mb.special_use,
+            subscribed,
+        };
+        self.write_info(session, mb.id, &info).await
+    }
+
+    /// Appends a message sealed under the current keyring: body to the public key, metadata
+    /// and flags under the index key. Returns the UID and MODSEQ.
+    pub async fn append(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        body: &[u8],
+        flags: &[Flag],
+        date: InternalDate,
+    ) -> Result<(Uid, ModSeq)> {
+        if body.len() as u64 > self.max_message_bytes {
+            return Err(MailError::TooLarge(self.max_message_bytes));
+        }
+        let msg_id = MsgId(rand::random());
+        let blob_id = BlobId(rand::random());
+        let meta = MessageMeta {
+            size: body.len() as u64,
+            internal_date: date.timestamp,
+            tz_offset_minutes: date.tz_offset_minutes,
+        };
+        let (generation, sealed_body, sealed_meta, sealed_flags) = session.with(|k| {
+            let (g, sealed_body) = k.seal_body(&blob_id, body);
+            let (_, meta) = k.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());
+            let flags = (!flags.is_empty())
+                .then(|| k.seal(Place::MessageFlags(msg_id.as_bytes()), &codec::encode_flags(flags)).1);
+            (g, sealed_body, meta, flags)
+        })?;
+        let blob_len = sealed_body.len() as u64;
+        let user = *session.user_id();
+        self.store().put_blob(&user, &blob_id, sealed_body).await?;
+        let (uids, modseq) = self
+            .store()
+            .append(
+                &user,
+                mailbox,
+                vec![NewMessage {
+                    msg_id,
+                    blob_id,
+                    blob_len,
+                    seal: SealRef::IndexKey(generation),
+                    sealed_meta,
+                    sealed_flags,
+                }],
+            )
+            .await?;
+        Ok((uids[0], modseq))
+    }
+
+    fn decode_message(&self, session: &Unlocked, row: &MessageRow) -> Result<Message> {
+        let msg = row.msg_id;
+        let (meta, flags) = session.with(|k| -> Result<_> {
+            let meta = match row.seal {
+                SealRef::IndexKey(g) => k.open(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?,
+                SealRef::PublicKey(g) => k.open_delivered(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?,
+            };
+            let flags = match &row.sealed_flags {
+                Some(f) => Some(k.open(row.seal.generation(), Place::MessageFlags(msg.as_bytes()), f)?),
+                None => None,
+            };
+            Ok((meta, flags))
+        })??;
+        let meta = MessageMeta::decode(&meta).map_err(|_| MailError::Tampered(format!("metadata of message {msg}")))?;
+        let flags = match flags {
+            Some(f) => codec::decode_flags(&f).map_err(|_| MailError::Tampered(format!("flags of message {msg}")))?,
+            None => Vec::new(),
+        };
+        Ok(Message {
+            uid: row.uid,
+            modseq: row.modseq,
+            msg_id: row.msg_id,
+            blob_id: row.blob_id,
+            seal: row.seal,
+            size: meta.size,
+            internal_date: meta.internal_date,
+            tz_offset_minutes: meta.tz_offset_minutes,
+            flags,
+        })
+    }
+
+    /// Every message of a mailbox in UID order. Rows that delivery sealed to the public key
+    /// are re-sealed under the index key while the keyring is open.
+    pub async fn messages(&self, session: &Unlocked, mailbox: MailboxId) -> Result<Vec<Message>> {
+        let rows = self.store().list_messages(session.user_id(), mailbox).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if !session.with(|k| k.has_generation(row.seal.generation()))? {
+                continue;
+            }
+            let m = self.decode_message(session, row)?;
+            if let SealRef::PublicKey(g) = row.seal {
+                self.reseal_delivered(session, &m, g).await?;
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    async fn reseal_delivered(&self, session: &Unlocked, m: &Message, g: Generation) -> Result<()> {
+        let meta = MessageMeta {
+            size: m.size,
+            internal_date: m.internal_date,
+            tz_offset_minutes: m.tz_offset_minutes,
+        };
+        let sealed = session.with(|k| k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode()))??;
+        self.store()
+            .reseal_message(session.user_id(), &m.msg_id, SealRef::IndexKey(g), sealed, None)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn message(&self, session: &Unlocked, mailbox: MailboxId, uid: Uid) -> Result<Option<Message>> {
+        match self.store().get_message(session.user_id(), mailbox, uid).await? {
+            Some(row) => Ok(Some(self.decode_message(session, &row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The decrypted message (exact bytes as appended or delivered).
+    pub async fn body(&self, session: &Unlocked, m: &Message) -> Result<Zeroizing<Vec<u8>>> {
+        let sealed = self.store().get_blob(session.user_id(), &m.blob_id).await?;
+        let plain = session.with(|k| k.open_body(m.seal.generation(), &m.blob_id, &sealed))??;
+        if plain.len() as u64 != m.size {
+            return Err(MailError::Tampered(format!("message blob {}", m.blob_id)));
+        }
+        Ok(plain)
+    }
+
+    /// Changes flags of messages (STORE). Returns the changed UIDs and their new MODSEQ,
+    /// and those skipped by UNCHANGEDSINCE (RFC 7162 §3.1.3).
+    pub async fn store_flags(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uids: &[Uid],
+        op: FlagOp,
+        flags: &[Flag],
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagUpdate> {
+        let mut changes = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let Some(row) = self.store().get_message(session.user_id(), mailbox, *uid).await? else {
+                continue;
+            };
+            let current = self.decode_message(session, &row)?;
+            let mut next: Vec<Flag> = match op {
+                FlagOp::Replace => flags.to_vec(),
+                FlagOp::Add => current.flags.iter().chain(flags).cloned().collect(),
+                FlagOp::Remove => current.flags.iter().filter(|f| !flags.contains(f)).cloned().collect(),
+            };
+            next.sort();
+            next.dedup();
+            let mut before = current.flags.clone();
+            before.sort();
+            if next == before && unchanged_since.is_none() {
+                continue;
+            }
+            let g = row.seal.generation();
+            let sealed = session.with(|k| k.seal_in(g, Place::MessageFlags(row.msg_id.as_bytes()), &codec::encode_flags(&next)))??;
+            if let SealRef::PublicKey(_) = row.seal {
+                self.reseal_delivered(session, &current, g).await?;
+            }
+            changes.push((*uid, sealed));
+        }
+        if changes.is_empty() {
+            return Ok(FlagUpdate::default());
+        }
+        Ok(self
+            .store()
+            .set_flags(session.user_id(), mailbox, changes, unchanged_since)
+            .await?)
+    }
+
+    /// Removes the given messages. Returns the UIDs removed and the new MODSEQ.
+    pub async fn expunge(&self, session: &Unlocked, mailbox: MailboxId, uids: Vec<Uid>) -> Result<(Vec<Uid>, Option<ModSeq>)> {
+        Ok(self.store().expunge(session.user_id(), mailbox, uids).await?)
+    }
+
+    /// Removes every message flagged \Deleted (EXPUNGE, CLOSE).
+    pub async fn expunge_deleted(&self, session: &Unlocked, mailbox: MailboxId) -> Result<(Vec<Uid>, Option<ModSeq>)> {
+        let deleted: Vec<Uid> = self
+            .messages(session, mailbox)
+            .await?
+            .into_iter()
+            .filter(|m| m.flags.contains(&Flag::Deleted))
+            .map(|m| m.uid)
+            .collect();
+        if deleted.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        self.expunge(session, mailbox, deleted).await
+    }
+
+    /// Copies messages, sharing their sealed blobs. Returns (source, new) UID pairs.
+    pub async fn copy(&self, session: &Unlocked, from: MailboxId, uids: &[Uid], to: MailboxId) -> Result<Vec<(Uid, Uid)>> {
+        let mut news = Vec::new();
+        let mut sources = Vec::new();
+        for uid in uids {
+            let Some(row) = self.store().get_message(session.user_id(), from, *uid).await? else {
+                continue;
+            };
+            let m = self.decode_message(session, &row)?;
+            let g = row.seal.generation();
+            let new_id = MsgId(rand::random());
+            let meta = MessageMeta {
+                size: m.size,
+                internal_date: m.internal_date,
+                tz_offset_minutes: m.tz_offset_minutes,
+            };
+            let (sealed_meta, sealed_flags) = session.with(|k| -> Result<_> {
+                let meta = k.seal_in(g, Place::MessageMeta(new_id.as_bytes()), &meta.encode())?;
+                let flags = if m.flags.is_empty() {
+                    None
+                } else {
+                    Some(k.seal_in(g, Place::MessageFlags(new_id.as_bytes()), &codec::encode_flags(&m.flags))?)
+                };
+                Ok((meta, flags))
+            })??;
+            news.push(NewMessage {
+                msg_id: new_id,
+                blob_id: row.blob_id,
+                blob_len: row.blob_len,
+                seal: SealRef::IndexKey(g),
+                sealed_meta,
+                sealed_flags,
+            });
+            sources.push(*uid);
+        }
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (new_uids, _) = self.store().append(session.user_id(), to, news).await?;
+        Ok(sources.into_iter().zip(new_uids).collect())
+    }
+
+    /// Moves messages (RFC 6851): same sealed data, new UIDs in `to`, expunged from `from`.
+    pub async fn move_messages(&self, session: &Unlocked, from: MailboxId, uids: &[Uid], to: MailboxId) -> Result<Vec<(Uid, Uid)>> {
+        Ok(self
+            .store()
+            .move_messages(session.user_id(), from, uids.to_vec(), to)
+            .await?)
+    }
+
+    /// Reopens mail from before a reset with an old secret: the old keyring is linked to
+    /// the current one and its mailboxes reappear under `Recovered/`.
+    pub async fn reopen_old_mail(&self, session: &Unlocked, old_secret: &str) -> Result<Vec<MailboxName>> {
+        let old = self.vault.reopen(session, old_secret).await?;
+        let current = session.with(|k| k.current_generation())?;
+        let rows = self.store().list_mailboxes(session.user_id()).await?;
+        let mut moved = Vec::new();
+        for row in rows.iter().filter(|r| r.generation < current) {
+            let Some(mb) = self.decode_mailbox(session, row)? else { continue };
+            let mut n = 1;
+            let base = format!("Recovered/{}", mb.name.as_str());
+            let mut name = MailboxName::new(&base)?;
+            while self.find_mailbox(session, &name).await?.is_some() {
+                n += 1;
+                name = MailboxName::new(&format!("{base} ({n})"))?;
+            }
+            if let Some(parent) = name.parent() {
+                if self.find_mailbox(session, &parent).await?.is_none() {
+                    self.create_mailbox(session, &parent).await?;
+                }
+            }
+            let info = MailboxInfo {
+                name: name.clone(),
+                special_use: None,
+                subscribed: true,
+            };
+            self.write_info(session, mb.id, &info).await?;
+            moved.push(name);
+        }
+        let _ = old;
+        Ok(moved)
+    }
+
+    /// Opens every message of the user and checks it against its metadata. Returns the
+    /// number of messages checked and the problems found (by opaque id only).
+    pub async fn check_user(&self, session: &Unlocked) -> Result<(usize, Vec<String>)> {
+        let mut problems = Vec::new();
+        let mut checked = 0;
+        for mb in self.list_mailboxes(session).await? {
+            let rows = self.store().list_messages(session.user_id(), mb.id).await?;
+            for row in rows {
+                checked += 1;
+                let m = match self.decode_message(session, &row) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        problems.push(format!("mailbox {} uid {}: {e}", mb.id, row.uid));
+                        continue;
+                    }
+                };
+                if let Err(e) = self.body(session, &m).await {
+                    problems.push(format!("mailbox {} uid {}: {e}", mb.id, row.uid));
+                }
+            }
+        }
+        Ok((checked, problems))
+    }
+
+    /// Storage used by a user: sum of exact message sizes and message count.
+    pub async fn usage(&self, session: &Unlocked) -> Result<(u64, usize)> {
+        let mut bytes = 0;
+        let mut count = 0;
+        for mb in self.list_mailboxes(session).await? {
+            for m in self.messages(session, mb.id).await? {
+                bytes += m.size;
+                count += 1;
+            }
+        }
+        Ok((bytes, count))
+    }
+}
+
+/// The user id owning a session (re-exported for callers that only hold a session).
+pub fn owner(session: &Unlocked) -> UserId {
+    *session.user_id()
 }

@@ -52,8 +52,9 @@ impl GenerationKeys {
 /// that a value sealed for one column never opens in another.
 #[derive(Clone, Copy, Debug)]
 pub enum Place<'a> {
-    /// A mailbox row's sealed name and attributes, by mailbox row id.
-    Mailbox(i64),
+    /// A mailbox row's sealed name and attributes, by the row's lookup hash (which the
+    /// mail layer checks against the sealed name, binding the two).
+    Mailbox(&'a [u8; 32]),
     /// A message's metadata, by message id.
     MessageMeta(&'a [u8; 16]),
     /// A message's flags and keywords, by message id.
@@ -68,7 +69,7 @@ impl Place<'_> {
     fn aad(&self, user: &UserId, generation: Generation) -> Aad {
         let base = Aad::new("coffer/v1").field(user.as_bytes()).u32(generation.0);
         match self {
-            Place::Mailbox(id) => base.field(b"mailbox").field(&id.to_be_bytes()),
+            Place::Mailbox(lookup) => base.field(b"mailbox").field(*lookup),
             Place::MessageMeta(id) => base.field(b"message-meta").field(*id),
             Place::MessageFlags(id) => base.field(b"message-flags").field(*id),
             Place::SlotLabel(id) => base.field(b"slot-label").field(*id),
@@ -149,6 +150,13 @@ impl Keyring {
         (k.generation, primitives::seal(&k.index, &place.aad(&self.user, k.generation), plaintext))
     }
 
+    /// Seals a value under the index key of generation `g` (values that belong with mail
+    /// of an older generation stay in that generation).
+    pub fn seal_in(&self, g: Generation, place: Place<'_>, plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
+        let k = self.keys(g)?;
+        Ok(primitives::seal(&k.index, &place.aad(&self.user, g), plaintext))
+    }
+
     /// Opens a value sealed under the index key of generation `g`.
     pub fn open(&self, g: Generation, place: Place<'_>, sealed: &[u8]) -> Result<SecretBytes, KeyringError> {
         let k = self.keys(g)?;
@@ -184,7 +192,7 @@ impl Keyring {
 
 fn describe(place: &Place<'_>) -> String {
     match place {
-        Place::Mailbox(id) => format!("mailbox {id}"),
+        Place::Mailbox(lookup) => format!("mailbox {}", coffer_types::hex(&lookup[..8])),
         Place::MessageMeta(id) => format!("metadata of message {}", coffer_types::hex(*id)),
         Place::MessageFlags(id) => format!("flags of message {}", coffer_types::hex(*id)),
         Place::SlotLabel(id) => format!("label of slot {}", coffer_types::hex(*id)),
