@@ -32,16 +32,24 @@ impl<'a> Reader<'a> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().map_err(|_| err(self.what))?))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().map_err(|_| err(self.what))?,
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().map_err(|_| err(self.what))?))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().map_err(|_| err(self.what))?,
+        ))
     }
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(self.u64()? as i64)
     }
     fn end(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(err(self.what)) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(err(self.what))
+        }
     }
 }
 
@@ -66,7 +74,10 @@ impl MailboxInfo {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader { buf: b, what: "mailbox" };
+        let mut r = Reader {
+            buf: b,
+            what: "mailbox",
+        };
         if r.u8()? != MAILBOX_V1 {
             return Err(err("mailbox"));
         }
@@ -89,9 +100,12 @@ impl MailboxInfo {
     }
 }
 
-/// What a message row seals besides flags: exact size and INTERNALDATE (RFC 9051 §2.3.3).
+/// What a message row seals besides flags: the blob it owns, exact size and INTERNALDATE
+/// (RFC 9051 §2.3.3). Sealing the blob id here binds row and blob: a row pointed at
+/// another message's blob no longer matches its own sealed metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {
+    pub blob_id: [u8; 16],
     /// Exact size of the message in octets (RFC822.SIZE).
     pub size: u64,
     /// INTERNALDATE as seconds since the epoch, with its zone offset in minutes.
@@ -103,8 +117,9 @@ const META_V1: u8 = 1;
 
 impl MessageMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(19);
+        let mut out = Vec::with_capacity(35);
         out.push(META_V1);
+        out.extend_from_slice(&self.blob_id);
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.internal_date.to_be_bytes());
         out.extend_from_slice(&self.tz_offset_minutes.to_be_bytes());
@@ -112,15 +127,23 @@ impl MessageMeta {
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader { buf: b, what: "message metadata" };
+        let mut r = Reader {
+            buf: b,
+            what: "message metadata",
+        };
         if r.u8()? != META_V1 {
             return Err(err("message metadata"));
         }
+        let blob_id: [u8; 16] = r
+            .take(16)?
+            .try_into()
+            .map_err(|_| err("message metadata"))?;
         let size = r.u64()?;
         let internal_date = r.i64()?;
         let tz = r.u16()? as i16;
         r.end()?;
         Ok(MessageMeta {
+            blob_id,
             size,
             internal_date,
             tz_offset_minutes: tz,
@@ -156,7 +179,10 @@ pub fn encode_flags(flags: &[Flag]) -> Vec<u8> {
 }
 
 pub fn decode_flags(b: &[u8]) -> Result<Vec<Flag>, DecodeError> {
-    let mut r = Reader { buf: b, what: "flags" };
+    let mut r = Reader {
+        buf: b,
+        what: "flags",
+    };
     if r.u8()? != FLAGS_V1 {
         return Err(err("flags"));
     }
@@ -196,6 +222,7 @@ mod tests {
         };
         assert_eq!(MailboxInfo::decode(&info.encode()).unwrap(), info);
         let meta = MessageMeta {
+            blob_id: [3; 16],
             size: 12345,
             internal_date: 1_700_000_000,
             tz_offset_minutes: -300,
@@ -203,7 +230,10 @@ mod tests {
         assert_eq!(MessageMeta::decode(&meta.encode()).unwrap(), meta);
         let flags = vec![Flag::Seen, Flag::Keyword("$Label1".into()), Flag::Deleted];
         let back = decode_flags(&encode_flags(&flags)).unwrap();
-        assert_eq!(back, vec![Flag::Seen, Flag::Deleted, Flag::Keyword("$Label1".into())]);
+        assert_eq!(
+            back,
+            vec![Flag::Seen, Flag::Deleted, Flag::Keyword("$Label1".into())]
+        );
     }
 
     #[test]
@@ -214,6 +244,7 @@ mod tests {
             assert!(MessageMeta::decode(bad).is_err());
         }
         let mut meta = MessageMeta {
+            blob_id: [0; 16],
             size: 1,
             internal_date: 2,
             tz_offset_minutes: 0,

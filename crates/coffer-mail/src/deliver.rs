@@ -25,7 +25,10 @@ pub async fn deliver(
     body: &[u8],
     date: InternalDate,
 ) -> Result<Delivered> {
-    let account = store.get_account(user).await?.ok_or(MailError::NoSuchUser)?;
+    let account = store
+        .get_account(user)
+        .await?
+        .ok_or(MailError::NoSuchUser)?;
     let generation = account.generation;
     let keyring = store
         .list_keyrings(user)
@@ -48,6 +51,7 @@ pub async fn deliver(
     let msg_id = MsgId(rand::random());
     let blob_id = BlobId(rand::random());
     let meta = MessageMeta {
+        blob_id: blob_id.0,
         size: body.len() as u64,
         internal_date: date.timestamp,
         tz_offset_minutes: date.tz_offset_minutes,

@@ -45,7 +45,9 @@ pub struct Mailbox {
 
 impl std::fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Mailbox")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,7 +97,10 @@ impl InternalDate {
 pub fn default_mailboxes(ring: &Keyring, pepper: &Pepper) -> Vec<NewMailbox> {
     let mut specs: Vec<(MailboxName, Option<SpecialUse>)> = vec![(MailboxName::inbox(), None)];
     for (name, role) in SpecialUse::defaults() {
-        specs.push((MailboxName::new(name).expect("static names are valid"), Some(role)));
+        specs.push((
+            MailboxName::new(name).expect("static names are valid"),
+            Some(role),
+        ));
     }
     specs
         .into_iter()
@@ -160,7 +165,12 @@ impl Mail {
     }
 
     /// Creates a user with the default mailboxes.
-    pub async fn create_user(&self, name: &str, password: &str, mode: SecurityMode) -> Result<Unlocked> {
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password: &str,
+        mode: SecurityMode,
+    ) -> Result<Unlocked> {
         Ok(self
             .vault
             .create_user(name, password, mode, default_mailboxes)
@@ -169,7 +179,10 @@ impl Mail {
 
     /// Resets a user to a new keyring with fresh default mailboxes (old mail kept sealed).
     pub async fn reset_user(&self, name: &str, new_password: &str) -> Result<Unlocked> {
-        Ok(self.vault.reset(name, new_password, default_mailboxes).await?)
+        Ok(self
+            .vault
+            .reset(name, new_password, default_mailboxes)
+            .await?)
     }
 
     fn decode_mailbox(&self, session: &Unlocked, row: &MailboxRow) -> Result<Option<Mailbox>> {
@@ -177,10 +190,14 @@ impl Mail {
             if !k.has_generation(row.generation) {
                 return Ok(None);
             }
-            k.open(row.generation, Place::Mailbox(&row.lookup), &row.sealed).map(Some)
+            k.open(row.generation, Place::Mailbox(&row.lookup), &row.sealed)
+                .map(Some)
         })?;
-        let Some(plain) = opened? else { return Ok(None) };
-        let info = MailboxInfo::decode(&plain).map_err(|_| MailError::Tampered(format!("mailbox {}", row.id)))?;
+        let Some(plain) = opened? else {
+            return Ok(None);
+        };
+        let info = MailboxInfo::decode(&plain)
+            .map_err(|_| MailError::Tampered(format!("mailbox {}", row.id)))?;
         // The lookup must be the keyed hash of the sealed name: a swapped row is caught.
         let expected = self
             .vault
@@ -215,10 +232,21 @@ impl Mail {
         Ok(out)
     }
 
-    pub async fn find_mailbox(&self, session: &Unlocked, name: &MailboxName) -> Result<Option<Mailbox>> {
+    pub async fn find_mailbox(
+        &self,
+        session: &Unlocked,
+        name: &MailboxName,
+    ) -> Result<Option<Mailbox>> {
         let generation = session.with(|k| k.current_generation())?;
-        let lookup = self.vault.pepper().mailbox_lookup(session.user_id(), generation, name);
-        match self.store().find_mailbox(session.user_id(), &lookup).await? {
+        let lookup = self
+            .vault
+            .pepper()
+            .mailbox_lookup(session.user_id(), generation, name);
+        match self
+            .store()
+            .find_mailbox(session.user_id(), &lookup)
+            .await?
+        {
             Some(row) => self.decode_mailbox(session, &row),
             None => Ok(None),
         }
@@ -230,11 +258,14 @@ impl Mail {
             .get_mailbox(session.user_id(), id)
             .await?
             .ok_or(MailError::NoSuchMailbox)?;
-        self.decode_mailbox(session, &row)?.ok_or(MailError::NoSuchMailbox)
+        self.decode_mailbox(session, &row)?
+            .ok_or(MailError::NoSuchMailbox)
     }
 
     async fn require(&self, session: &Unlocked, name: &MailboxName) -> Result<Mailbox> {
-        self.find_mailbox(session, name).await?.ok_or(MailError::NoSuchMailbox)
+        self.find_mailbox(session, name)
+            .await?
+            .ok_or(MailError::NoSuchMailbox)
     }
 
     /// Creates a mailbox and any missing parents (RFC 9051 §6.3.4).
@@ -242,6 +273,12 @@ impl Mail {
         if self.find_mailbox(session, name).await?.is_some() {
             return Err(MailError::MailboxExists);
         }
+        self.ensure_parents(session, name).await?;
+        self.create_one(session, name.clone()).await
+    }
+
+    /// Creates every missing ancestor of `name`, outermost first.
+    async fn ensure_parents(&self, session: &Unlocked, name: &MailboxName) -> Result<()> {
         let mut ancestors = Vec::new();
         let mut p = name.parent();
         while let Some(parent) = p {
@@ -253,7 +290,7 @@ impl Mail {
                 self.create_one(session, parent).await?;
             }
         }
-        self.create_one(session, name.clone()).await
+        Ok(())
     }
 
     async fn create_one(&self, session: &Unlocked, name: MailboxName) -> Result<Mailbox> {
@@ -264,10 +301,16 @@ impl Mail {
             Err(coffer_store::StoreError::Conflict(_)) => return Err(MailError::MailboxExists),
             Err(e) => return Err(e.into()),
         };
-        self.decode_mailbox(session, &row)?.ok_or(MailError::NoSuchMailbox)
+        self.decode_mailbox(session, &row)?
+            .ok_or(MailError::NoSuchMailbox)
     }
 
-    async fn write_info(&self, session: &Unlocked, id: MailboxId, info: &MailboxInfo) -> Result<()> {
+    async fn write_info(
+        &self,
+        session: &Unlocked,
+        id: MailboxId,
+        info: &MailboxInfo,
+    ) -> Result<()> {
         let pepper = self.vault.pepper();
         let (generation, lookup, sealed) = session.with(|k| {
             let g = k.current_generation();
@@ -288,13 +331,20 @@ impl Mail {
 
     /// Renames a mailbox and its children (RFC 9051 §6.3.6). Renaming INBOX moves its
     /// messages to a new mailbox and leaves INBOX empty.
-    pub async fn rename_mailbox(&self, session: &Unlocked, from: &MailboxName, to: &MailboxName) -> Result<Mailbox> {
+    pub async fn rename_mailbox(
+        &self,
+        session: &Unlocked,
+        from: &MailboxName,
+        to: &MailboxName,
+    ) -> Result<Mailbox> {
         let source = self.require(session, from).await?;
         if self.find_mailbox(session, to).await?.is_some() {
             return Err(MailError::MailboxExists);
         }
         if to.is_under(from) {
-            return Err(MailError::NotAllowed("a mailbox cannot be moved under itself"));
+            return Err(MailError::NotAllowed(
+                "a mailbox cannot be moved under itself",
+            ));
         }
         if from.is_inbox() {
             let target = self.create_mailbox(session, to).await?;
@@ -313,11 +363,7 @@ impl Mail {
             return self.get_mailbox(session, target.id).await;
         }
         // Parents of the new name first, so the hierarchy stays complete.
-        if let Some(parent) = to.parent() {
-            if self.find_mailbox(session, &parent).await?.is_none() {
-                self.create_mailbox(session, &parent).await?;
-            }
-        }
+        self.ensure_parents(session, to).await?;
         let all = self.list_mailboxes(session).await?;
         for child in all.iter().filter(|m| m.name.is_under(from)) {
             let suffix = &child.name.as_str()[from.as_str().len()..];
@@ -349,11 +395,18 @@ impl Mail {
         if all.iter().any(|m| m.name.is_under(name)) {
             return Err(MailError::HasChildren);
         }
-        self.store().delete_mailbox(session.user_id(), mb.id).await?;
+        self.store()
+            .delete_mailbox(session.user_id(), mb.id)
+            .await?;
         Ok(())
     }
 
-    pub async fn set_subscribed(&self, session: &Unlocked, name: &MailboxName, subscribed: bool) -> Result<()> {
+    pub async fn set_subscribed(
+        &self,
+        session: &Unlocked,
+        name: &MailboxName,
+        subscribed: bool,
+    ) -> Result<()> {
         let mb = self.require(session, name).await?;
         let info = MailboxInfo {
             name: mb.name,
@@ -379,6 +432,7 @@ impl Mail {
         let msg_id = MsgId(rand::random());
         let blob_id = BlobId(rand::random());
         let meta = MessageMeta {
+            blob_id: blob_id.0,
             size: body.len() as u64,
             internal_date: date.timestamp,
             tz_offset_minutes: date.tz_offset_minutes,
@@ -386,8 +440,13 @@ impl Mail {
         let (generation, sealed_body, sealed_meta, sealed_flags) = session.with(|k| {
             let (g, sealed_body) = k.seal_body(&blob_id, body);
             let (_, meta) = k.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());
-            let flags = (!flags.is_empty())
-                .then(|| k.seal(Place::MessageFlags(msg_id.as_bytes()), &codec::encode_flags(flags)).1);
+            let flags = (!flags.is_empty()).then(|| {
+                k.seal(
+                    Place::MessageFlags(msg_id.as_bytes()),
+                    &codec::encode_flags(flags),
+                )
+                .1
+            });
             (g, sealed_body, meta, flags)
         })?;
         let blob_len = sealed_body.len() as u64;
@@ -415,18 +474,33 @@ impl Mail {
         let msg = row.msg_id;
         let (meta, flags) = session.with(|k| -> Result<_> {
             let meta = match row.seal {
-                SealRef::IndexKey(g) => k.open(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?,
-                SealRef::PublicKey(g) => k.open_delivered(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?,
+                SealRef::IndexKey(g) => {
+                    k.open(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?
+                }
+                SealRef::PublicKey(g) => {
+                    k.open_delivered(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?
+                }
             };
             let flags = match &row.sealed_flags {
-                Some(f) => Some(k.open(row.seal.generation(), Place::MessageFlags(msg.as_bytes()), f)?),
+                Some(f) => Some(k.open(
+                    row.seal.generation(),
+                    Place::MessageFlags(msg.as_bytes()),
+                    f,
+                )?),
                 None => None,
             };
             Ok((meta, flags))
         })??;
-        let meta = MessageMeta::decode(&meta).map_err(|_| MailError::Tampered(format!("metadata of message {msg}")))?;
+        let meta = MessageMeta::decode(&meta)
+            .map_err(|_| MailError::Tampered(format!("metadata of message {msg}")))?;
+        if meta.blob_id != row.blob_id.0 {
+            return Err(MailError::Tampered(format!(
+                "message {msg} points at a blob that is not its own"
+            )));
+        }
         let flags = match flags {
-            Some(f) => codec::decode_flags(&f).map_err(|_| MailError::Tampered(format!("flags of message {msg}")))?,
+            Some(f) => codec::decode_flags(&f)
+                .map_err(|_| MailError::Tampered(format!("flags of message {msg}")))?,
             None => Vec::new(),
         };
         Ok(Message {
@@ -445,15 +519,19 @@ impl Mail {
     /// Every message of a mailbox in UID order. Rows that delivery sealed to the public key
     /// are re-sealed under the index key while the keyring is open.
     pub async fn messages(&self, session: &Unlocked, mailbox: MailboxId) -> Result<Vec<Message>> {
-        let rows = self.store().list_messages(session.user_id(), mailbox).await?;
+        let rows = self
+            .store()
+            .list_messages(session.user_id(), mailbox)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             if !session.with(|k| k.has_generation(row.seal.generation()))? {
                 continue;
             }
-            let m = self.decode_message(session, row)?;
+            let mut m = self.decode_message(session, row)?;
             if let SealRef::PublicKey(g) = row.seal {
                 self.reseal_delivered(session, &m, g).await?;
+                m.seal = SealRef::IndexKey(g);
             }
             out.push(m);
         }
@@ -462,19 +540,36 @@ impl Mail {
 
     async fn reseal_delivered(&self, session: &Unlocked, m: &Message, g: Generation) -> Result<()> {
         let meta = MessageMeta {
+            blob_id: m.blob_id.0,
             size: m.size,
             internal_date: m.internal_date,
             tz_offset_minutes: m.tz_offset_minutes,
         };
-        let sealed = session.with(|k| k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode()))??;
+        let sealed = session
+            .with(|k| k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode()))??;
         self.store()
-            .reseal_message(session.user_id(), &m.msg_id, SealRef::IndexKey(g), sealed, None)
+            .reseal_message(
+                session.user_id(),
+                &m.msg_id,
+                SealRef::IndexKey(g),
+                sealed,
+                None,
+            )
             .await?;
         Ok(())
     }
 
-    pub async fn message(&self, session: &Unlocked, mailbox: MailboxId, uid: Uid) -> Result<Option<Message>> {
-        match self.store().get_message(session.user_id(), mailbox, uid).await? {
+    pub async fn message(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uid: Uid,
+    ) -> Result<Option<Message>> {
+        match self
+            .store()
+            .get_message(session.user_id(), mailbox, uid)
+            .await?
+        {
             Some(row) => Ok(Some(self.decode_message(session, &row)?)),
             None => Ok(None),
         }
@@ -503,14 +598,23 @@ impl Mail {
     ) -> Result<FlagUpdate> {
         let mut changes = Vec::with_capacity(uids.len());
         for uid in uids {
-            let Some(row) = self.store().get_message(session.user_id(), mailbox, *uid).await? else {
+            let Some(row) = self
+                .store()
+                .get_message(session.user_id(), mailbox, *uid)
+                .await?
+            else {
                 continue;
             };
             let current = self.decode_message(session, &row)?;
             let mut next: Vec<Flag> = match op {
                 FlagOp::Replace => flags.to_vec(),
                 FlagOp::Add => current.flags.iter().chain(flags).cloned().collect(),
-                FlagOp::Remove => current.flags.iter().filter(|f| !flags.contains(f)).cloned().collect(),
+                FlagOp::Remove => current
+                    .flags
+                    .iter()
+                    .filter(|f| !flags.contains(f))
+                    .cloned()
+                    .collect(),
             };
             next.sort();
             next.dedup();
@@ -520,7 +624,13 @@ impl Mail {
                 continue;
             }
             let g = row.seal.generation();
-            let sealed = session.with(|k| k.seal_in(g, Place::MessageFlags(row.msg_id.as_bytes()), &codec::encode_flags(&next)))??;
+            let sealed = session.with(|k| {
+                k.seal_in(
+                    g,
+                    Place::MessageFlags(row.msg_id.as_bytes()),
+                    &codec::encode_flags(&next),
+                )
+            })??;
             if let SealRef::PublicKey(_) = row.seal {
                 self.reseal_delivered(session, &current, g).await?;
             }
@@ -536,12 +646,24 @@ impl Mail {
     }
 
     /// Removes the given messages. Returns the UIDs removed and the new MODSEQ.
-    pub async fn expunge(&self, session: &Unlocked, mailbox: MailboxId, uids: Vec<Uid>) -> Result<(Vec<Uid>, Option<ModSeq>)> {
-        Ok(self.store().expunge(session.user_id(), mailbox, uids).await?)
+    pub async fn expunge(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+    ) -> Result<(Vec<Uid>, Option<ModSeq>)> {
+        Ok(self
+            .store()
+            .expunge(session.user_id(), mailbox, uids)
+            .await?)
     }
 
     /// Removes every message flagged \Deleted (EXPUNGE, CLOSE).
-    pub async fn expunge_deleted(&self, session: &Unlocked, mailbox: MailboxId) -> Result<(Vec<Uid>, Option<ModSeq>)> {
+    pub async fn expunge_deleted(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+    ) -> Result<(Vec<Uid>, Option<ModSeq>)> {
         let deleted: Vec<Uid> = self
             .messages(session, mailbox)
             .await?
@@ -556,17 +678,28 @@ impl Mail {
     }
 
     /// Copies messages, sharing their sealed blobs. Returns (source, new) UID pairs.
-    pub async fn copy(&self, session: &Unlocked, from: MailboxId, uids: &[Uid], to: MailboxId) -> Result<Vec<(Uid, Uid)>> {
+    pub async fn copy(
+        &self,
+        session: &Unlocked,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Vec<(Uid, Uid)>> {
         let mut news = Vec::new();
         let mut sources = Vec::new();
         for uid in uids {
-            let Some(row) = self.store().get_message(session.user_id(), from, *uid).await? else {
+            let Some(row) = self
+                .store()
+                .get_message(session.user_id(), from, *uid)
+                .await?
+            else {
                 continue;
             };
             let m = self.decode_message(session, &row)?;
             let g = row.seal.generation();
             let new_id = MsgId(rand::random());
             let meta = MessageMeta {
+                blob_id: row.blob_id.0,
                 size: m.size,
                 internal_date: m.internal_date,
                 tz_offset_minutes: m.tz_offset_minutes,
@@ -576,7 +709,11 @@ impl Mail {
                 let flags = if m.flags.is_empty() {
                     None
                 } else {
-                    Some(k.seal_in(g, Place::MessageFlags(new_id.as_bytes()), &codec::encode_flags(&m.flags))?)
+                    Some(k.seal_in(
+                        g,
+                        Place::MessageFlags(new_id.as_bytes()),
+                        &codec::encode_flags(&m.flags),
+                    )?)
                 };
                 Ok((meta, flags))
             })??;
@@ -598,7 +735,13 @@ impl Mail {
     }
 
     /// Moves messages (RFC 6851): same sealed data, new UIDs in `to`, expunged from `from`.
-    pub async fn move_messages(&self, session: &Unlocked, from: MailboxId, uids: &[Uid], to: MailboxId) -> Result<Vec<(Uid, Uid)>> {
+    pub async fn move_messages(
+        &self,
+        session: &Unlocked,
+        from: MailboxId,
+        uids: &[Uid],
+        to: MailboxId,
+    ) -> Result<Vec<(Uid, Uid)>> {
         Ok(self
             .store()
             .move_messages(session.user_id(), from, uids.to_vec(), to)
@@ -607,13 +750,19 @@ impl Mail {
 
     /// Reopens mail from before a reset with an old secret: the old keyring is linked to
     /// the current one and its mailboxes reappear under `Recovered/`.
-    pub async fn reopen_old_mail(&self, session: &Unlocked, old_secret: &str) -> Result<Vec<MailboxName>> {
-        let old = self.vault.reopen(session, old_secret).await?;
+    pub async fn reopen_old_mail(
+        &self,
+        session: &Unlocked,
+        old_secret: &str,
+    ) -> Result<Vec<MailboxName>> {
+        self.vault.reopen(session, old_secret).await?;
         let current = session.with(|k| k.current_generation())?;
         let rows = self.store().list_mailboxes(session.user_id()).await?;
         let mut moved = Vec::new();
         for row in rows.iter().filter(|r| r.generation < current) {
-            let Some(mb) = self.decode_mailbox(session, row)? else { continue };
+            let Some(mb) = self.decode_mailbox(session, row)? else {
+                continue;
+            };
             let mut n = 1;
             let base = format!("Recovered/{}", mb.name.as_str());
             let mut name = MailboxName::new(&base)?;
@@ -621,11 +770,7 @@ impl Mail {
                 n += 1;
                 name = MailboxName::new(&format!("{base} ({n})"))?;
             }
-            if let Some(parent) = name.parent() {
-                if self.find_mailbox(session, &parent).await?.is_none() {
-                    self.create_mailbox(session, &parent).await?;
-                }
-            }
+            self.ensure_parents(session, &name).await?;
             let info = MailboxInfo {
                 name: name.clone(),
                 special_use: None,
@@ -634,7 +779,6 @@ impl Mail {
             self.write_info(session, mb.id, &info).await?;
             moved.push(name);
         }
-        let _ = old;
         Ok(moved)
     }
 

@@ -123,15 +123,29 @@ async fn accounts(store: &dyn Store) {
             mailboxes: vec![],
         })
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "duplicate account refused");
+    assert!(
+        matches!(again, Err(StoreError::Conflict(_))),
+        "duplicate account refused"
+    );
     assert!(store.get_account(&user(99)).await.unwrap().is_none());
-    assert!(store.list_accounts().await.unwrap().iter().any(|x| x.user_id == u));
+    assert!(
+        store
+            .list_accounts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|x| x.user_id == u)
+    );
 }
 
 async fn slots_and_modes(store: &dyn Store) {
     let u = user(2);
     new_account(store, u).await;
-    let pw = store.find_slot(&u, &[2; 32]).await.unwrap().expect("password slot");
+    let pw = store
+        .find_slot(&u, &[2; 32])
+        .await
+        .unwrap()
+        .expect("password slot");
     assert_eq!(pw.kind, SlotKind::Password);
     assert!(store.find_slot(&u, &[3; 32]).await.unwrap().is_none());
     // Another user's locator is not found under this user.
@@ -143,29 +157,49 @@ async fn slots_and_modes(store: &dyn Store) {
         .replace_slots(&u, vec![app.clone(), new_pw.clone()], vec![pw.slot_id])
         .await
         .unwrap();
-    assert!(store.find_slot(&u, &[2; 32]).await.unwrap().is_none(), "old slot removed");
-    assert_eq!(store.find_slot(&u, &[20; 32]).await.unwrap(), Some(app.clone()));
+    assert!(
+        store.find_slot(&u, &[2; 32]).await.unwrap().is_none(),
+        "old slot removed"
+    );
+    assert_eq!(
+        store.find_slot(&u, &[20; 32]).await.unwrap(),
+        Some(app.clone())
+    );
     assert_eq!(store.list_slots(&u).await.unwrap().len(), 2);
 
     // A duplicate locator is refused and the transaction leaves nothing behind.
     let dup = slot(u, SlotKind::AppPassword, Some([20; 32]), 1);
-    let r = store.replace_slots(&u, vec![dup], vec![new_pw.slot_id]).await;
+    let r = store
+        .replace_slots(&u, vec![dup], vec![new_pw.slot_id])
+        .await;
     assert!(matches!(r, Err(StoreError::Conflict(_))));
-    assert!(store.find_slot(&u, &[21; 32]).await.unwrap().is_some(), "rolled back");
+    assert!(
+        store.find_slot(&u, &[21; 32]).await.unwrap().is_some(),
+        "rolled back"
+    );
 
     store.touch_slot(&u, &app.slot_id, 4242).await.unwrap();
     let touched = store.find_slot(&u, &[20; 32]).await.unwrap().unwrap();
     assert_eq!(touched.last_used, Some(4242));
 
     let escrow = slot(u, SlotKind::Escrow, None, 1);
-    store.set_mode(&u, SecurityMode::Low, Some(escrow.clone())).await.unwrap();
+    store
+        .set_mode(&u, SecurityMode::Low, Some(escrow.clone()))
+        .await
+        .unwrap();
     let a = store.get_account(&u).await.unwrap().unwrap();
     assert_eq!(a.mode, SecurityMode::Low);
     assert!(store.list_slots(&u).await.unwrap().contains(&escrow));
     store.set_mode(&u, SecurityMode::High, None).await.unwrap();
     let slots = store.list_slots(&u).await.unwrap();
-    assert!(slots.iter().all(|s| s.kind != SlotKind::Escrow), "escrow removed in high mode");
-    assert_eq!(store.get_account(&u).await.unwrap().unwrap().mode, SecurityMode::High);
+    assert!(
+        slots.iter().all(|s| s.kind != SlotKind::Escrow),
+        "escrow removed in high mode"
+    );
+    assert_eq!(
+        store.get_account(&u).await.unwrap().unwrap().mode,
+        SecurityMode::High
+    );
 }
 
 async fn mailboxes(store: &dyn Store) {
@@ -178,9 +212,22 @@ async fn mailboxes(store: &dyn Store) {
         "UIDVALIDITY grows with every mailbox"
     );
     let dup = store.create_mailbox(&u, mailbox(3, false)).await;
-    assert!(matches!(dup, Err(StoreError::Conflict(_))), "duplicate lookup refused");
-    assert_eq!(store.find_mailbox(&u, &[3; 32]).await.unwrap().unwrap().id, created.id);
-    assert!(store.find_mailbox(&user(1), &[3; 32]).await.unwrap().is_none(), "per user");
+    assert!(
+        matches!(dup, Err(StoreError::Conflict(_))),
+        "duplicate lookup refused"
+    );
+    assert_eq!(
+        store.find_mailbox(&u, &[3; 32]).await.unwrap().unwrap().id,
+        created.id
+    );
+    assert!(
+        store
+            .find_mailbox(&user(1), &[3; 32])
+            .await
+            .unwrap()
+            .is_none(),
+        "per user"
+    );
 
     store
         .update_mailbox(&u, created.id, Generation(1), vec![4; 40], [4; 32])
@@ -188,7 +235,10 @@ async fn mailboxes(store: &dyn Store) {
         .unwrap();
     let renamed = store.get_mailbox(&u, created.id).await.unwrap().unwrap();
     assert_eq!((renamed.sealed, renamed.lookup), (vec![4; 40], [4; 32]));
-    assert_eq!(renamed.uid_validity, created.uid_validity, "rename keeps UIDVALIDITY");
+    assert_eq!(
+        renamed.uid_validity, created.uid_validity,
+        "rename keeps UIDVALIDITY"
+    );
     let clash = store
         .update_mailbox(&u, created.id, Generation(1), vec![1; 40], [1; 32])
         .await;
@@ -197,9 +247,18 @@ async fn mailboxes(store: &dyn Store) {
     store.delete_mailbox(&u, created.id).await.unwrap();
     assert!(store.get_mailbox(&u, created.id).await.unwrap().is_none());
     let recreated = store.create_mailbox(&u, mailbox(4, false)).await.unwrap();
-    assert_ne!(recreated.uid_validity, created.uid_validity, "new UIDVALIDITY after delete");
+    assert_ne!(
+        recreated.uid_validity, created.uid_validity,
+        "new UIDVALIDITY after delete"
+    );
     assert_eq!(store.list_mailboxes(&u).await.unwrap().len(), 3);
-    assert!(store.get_mailbox(&user(1), recreated.id).await.unwrap().is_none());
+    assert!(
+        store
+            .get_mailbox(&user(1), recreated.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn messages_uids_and_modseqs(store: &dyn Store) {
@@ -213,10 +272,16 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
 
     let batch = vec![message(), message(), message()];
     for m in &batch {
-        store.put_blob(&u, &m.blob_id, b"ciphertext!".to_vec()).await.unwrap();
+        store
+            .put_blob(&u, &m.blob_id, b"ciphertext!".to_vec())
+            .await
+            .unwrap();
     }
     let (uids, ms3) = store.append(&u, inbox, batch).await.unwrap();
-    assert_eq!(uids.iter().map(|u| u.get()).collect::<Vec<_>>(), vec![3, 4, 5]);
+    assert_eq!(
+        uids.iter().map(|u| u.get()).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
     assert!(ms3 > ms2);
 
     let all = store.list_messages(&u, inbox).await.unwrap();
@@ -225,7 +290,10 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
     let first = store.get_message(&u, inbox, uid1).await.unwrap().unwrap();
     assert_eq!(first.msg_id, m1.msg_id);
     assert_eq!(first.sealed_meta, m1.sealed_meta);
-    assert_eq!(store.get_blob(&u, &m1.blob_id).await.unwrap(), b"ciphertext!");
+    assert_eq!(
+        store.get_blob(&u, &m1.blob_id).await.unwrap(),
+        b"ciphertext!"
+    );
     let mb = store.get_mailbox(&u, inbox).await.unwrap().unwrap();
     assert_eq!(mb.uid_next, 6);
     assert_eq!(mb.highest_modseq, ms3.get());
@@ -233,13 +301,22 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
     // Appending to another user's mailbox id is refused.
     let r = store.append(&user(1), inbox, vec![message()]).await;
     assert!(matches!(r, Err(StoreError::NotFound(_))));
-    assert!(store.get_message(&user(1), inbox, uid1).await.unwrap().is_none());
+    assert!(
+        store
+            .get_message(&user(1), inbox, uid1)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Concurrent appends never share a UID.
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let m = message();
-        store.put_blob(&u, &m.blob_id, b"ciphertext!".to_vec()).await.unwrap();
+        store
+            .put_blob(&u, &m.blob_id, b"ciphertext!".to_vec())
+            .await
+            .unwrap();
         tasks.push(async move { store.append(&u, inbox, vec![m]).await });
     }
     let results = futures::future::join_all(tasks).await;
@@ -282,11 +359,20 @@ async fn flags_and_condstore(store: &dyn Store) {
     assert!(missing.changed.is_empty() && missing.skipped.is_empty());
 
     store
-        .reseal_message(&u, &m1.msg_id, SealRef::IndexKey(Generation(1)), vec![8; 10], Some(vec![3]))
+        .reseal_message(
+            &u,
+            &m1.msg_id,
+            SealRef::IndexKey(Generation(1)),
+            vec![8; 10],
+            Some(vec![3]),
+        )
         .await
         .unwrap();
     let m1b = store.get_message(&u, inbox, uid1).await.unwrap().unwrap();
-    assert_eq!((m1b.sealed_meta, m1b.sealed_flags, m1b.modseq), (vec![8; 10], Some(vec![3]), ms));
+    assert_eq!(
+        (m1b.sealed_meta, m1b.sealed_flags, m1b.modseq),
+        (vec![8; 10], Some(vec![3]), ms)
+    );
 }
 
 async fn expunge_move_and_blobs(store: &dyn Store) {
@@ -297,16 +383,36 @@ async fn expunge_move_and_blobs(store: &dyn Store) {
     let (_, uid2, _) = append_one(store, u, inbox).await;
     let (m3, uid3, _) = append_one(store, u, inbox).await;
 
-    let before = store.get_mailbox(&u, inbox).await.unwrap().unwrap().highest_modseq;
-    let (removed, ms) = store.expunge(&u, inbox, vec![uid1, Uid::new(77).unwrap()]).await.unwrap();
+    let before = store
+        .get_mailbox(&u, inbox)
+        .await
+        .unwrap()
+        .unwrap()
+        .highest_modseq;
+    let (removed, ms) = store
+        .expunge(&u, inbox, vec![uid1, Uid::new(77).unwrap()])
+        .await
+        .unwrap();
     assert_eq!(removed, vec![uid1]);
     let ms = ms.unwrap();
     assert!(ms.get() > before);
     assert!(store.get_message(&u, inbox, uid1).await.unwrap().is_none());
-    assert_eq!(store.expunged_since(&u, inbox, before).await.unwrap(), vec![uid1]);
-    assert!(store.expunged_since(&u, inbox, ms.get()).await.unwrap().is_empty());
+    assert_eq!(
+        store.expunged_since(&u, inbox, before).await.unwrap(),
+        vec![uid1]
+    );
     assert!(
-        matches!(store.get_blob(&u, &m1.blob_id).await, Err(StoreError::NotFound(_))),
+        store
+            .expunged_since(&u, inbox, ms.get())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        matches!(
+            store.get_blob(&u, &m1.blob_id).await,
+            Err(StoreError::NotFound(_))
+        ),
         "blob of an expunged message is removed"
     );
     let (none, no_ms) = store.expunge(&u, inbox, vec![uid1]).await.unwrap();
@@ -319,29 +425,52 @@ async fn expunge_move_and_blobs(store: &dyn Store) {
     };
     let (copy_uids, _) = store.append(&u, other, vec![copy]).await.unwrap();
     store.expunge(&u, inbox, vec![uid3]).await.unwrap();
-    assert!(store.get_blob(&u, &m3.blob_id).await.is_ok(), "still referenced by the copy");
+    assert!(
+        store.get_blob(&u, &m3.blob_id).await.is_ok(),
+        "still referenced by the copy"
+    );
     store.expunge(&u, other, copy_uids).await.unwrap();
     assert!(store.get_blob(&u, &m3.blob_id).await.is_err());
 
-    let pairs = store.move_messages(&u, inbox, vec![uid2], other).await.unwrap();
+    let pairs = store
+        .move_messages(&u, inbox, vec![uid2], other)
+        .await
+        .unwrap();
     assert_eq!(pairs.len(), 1);
     assert_eq!(pairs[0].0, uid2);
     assert!(store.get_message(&u, inbox, uid2).await.unwrap().is_none());
-    let moved = store.get_message(&u, other, pairs[0].1).await.unwrap().unwrap();
+    let moved = store
+        .get_message(&u, other, pairs[0].1)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(moved.mailbox, other);
-    assert!(store.expunged_since(&u, inbox, 0).await.unwrap().contains(&uid2));
+    assert!(
+        store
+            .expunged_since(&u, inbox, 0)
+            .await
+            .unwrap()
+            .contains(&uid2)
+    );
     let dest = store.get_mailbox(&u, other).await.unwrap().unwrap();
     assert!(dest.uid_next > pairs[0].1.get());
 
     store.delete_mailbox(&u, other).await.unwrap();
-    assert!(store.get_blob(&u, &moved.blob_id).await.is_err(), "delete removes blobs");
+    assert!(
+        store.get_blob(&u, &moved.blob_id).await.is_err(),
+        "delete removes blobs"
+    );
 }
 
 async fn reset_and_links(store: &dyn Store) {
     let u = user(7);
     let boxes = new_account(store, u).await;
     store
-        .set_mode(&u, SecurityMode::Low, Some(slot(u, SlotKind::Escrow, None, 1)))
+        .set_mode(
+            &u,
+            SecurityMode::Low,
+            Some(slot(u, SlotKind::Escrow, None, 1)),
+        )
         .await
         .unwrap();
     let new_inbox = NewMailbox {
@@ -368,10 +497,20 @@ async fn reset_and_links(store: &dyn Store) {
     assert_eq!(a.generation, Generation(2));
     assert_eq!(a.inbox, Some(rows[0].id));
     assert_eq!(store.list_keyrings(&u).await.unwrap().len(), 2);
-    assert_eq!(store.list_mailboxes(&u).await.unwrap().len(), boxes.len() + 1, "old mailboxes kept");
+    assert_eq!(
+        store.list_mailboxes(&u).await.unwrap().len(),
+        boxes.len() + 1,
+        "old mailboxes kept"
+    );
     let slots = store.list_slots(&u).await.unwrap();
-    assert!(slots.iter().any(|s| s.generation == Generation(1)), "old slots kept");
-    assert!(slots.iter().all(|s| s.kind != SlotKind::Escrow), "old escrow dropped");
+    assert!(
+        slots.iter().any(|s| s.generation == Generation(1)),
+        "old slots kept"
+    );
+    assert!(
+        slots.iter().all(|s| s.kind != SlotKind::Escrow),
+        "old escrow dropped"
+    );
 
     // A second reset to the same generation is refused.
     let r = store
@@ -400,7 +539,10 @@ async fn reset_and_links(store: &dyn Store) {
         .unwrap();
     assert_eq!(store.list_links(&u).await.unwrap().len(), 1);
     let slots = store.list_slots(&u).await.unwrap();
-    assert!(slots.iter().all(|s| s.generation == Generation(2)), "old-generation slots removed");
+    assert!(
+        slots.iter().all(|s| s.generation == Generation(2)),
+        "old-generation slots removed"
+    );
 }
 
 async fn delete_account_removes_everything(store: &dyn Store) {
@@ -417,7 +559,11 @@ async fn delete_account_removes_everything(store: &dyn Store) {
 }
 
 async fn check_reports_missing_blobs(store: &dyn Store) {
-    assert_eq!(store.check().await.unwrap(), Vec::<String>::new(), "clean so far");
+    assert_eq!(
+        store.check().await.unwrap(),
+        Vec::<String>::new(),
+        "clean so far"
+    );
     let u = user(9);
     let boxes = new_account(store, u).await;
     let m = message();

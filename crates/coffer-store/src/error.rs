@@ -21,7 +21,9 @@ pub enum StoreError {
     Database(String),
     #[error("storage is unavailable: {0}")]
     Unavailable(String),
-    #[error("stored data has schema version {found}, this binary knows up to {known}; upgrade Coffer")]
+    #[error(
+        "stored data has schema version {found}, this binary knows up to {known}; upgrade Coffer"
+    )]
     SchemaTooNew { found: u32, known: u32 },
 }
 

@@ -76,8 +76,12 @@ pub trait Store: Send + Sync + 'static {
     async fn find_slot(&self, user: &UserId, locator: &[u8; 32]) -> Result<Option<SlotRow>>;
     async fn list_slots(&self, user: &UserId) -> Result<Vec<SlotRow>>;
     /// Adds and removes slots in one transaction (password change, revoke, new code).
-    async fn replace_slots(&self, user: &UserId, add: Vec<SlotRow>, remove: Vec<SlotId>)
-    -> Result<()>;
+    async fn replace_slots(
+        &self,
+        user: &UserId,
+        add: Vec<SlotRow>,
+        remove: Vec<SlotId>,
+    ) -> Result<()>;
     /// Records the last use of a slot (seconds since the epoch).
     async fn touch_slot(&self, user: &UserId, slot: &SlotId, when: i64) -> Result<()>;
 
@@ -155,8 +159,12 @@ pub trait Store: Send + Sync + 'static {
         to: MailboxId,
     ) -> Result<Vec<(Uid, Uid)>>;
     /// UIDs expunged from a mailbox with a MODSEQ above `since`.
-    async fn expunged_since(&self, user: &UserId, mailbox: MailboxId, since: u64)
-    -> Result<Vec<Uid>>;
+    async fn expunged_since(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        since: u64,
+    ) -> Result<Vec<Uid>>;
 
     // --- blobs --------------------------------------------------------------------------
 

@@ -2,8 +2,8 @@
 //! the vault; the store never interprets them.
 
 use coffer_types::{
-    BlobId, Generation, MailboxId, ModSeq, MsgId, SecurityMode, SlotId, SlotKind, Uid,
-    UidValidity, UserId,
+    BlobId, Generation, MailboxId, ModSeq, MsgId, SecurityMode, SlotId, SlotKind, Uid, UidValidity,
+    UserId,
 };
 
 /// One account. `sealed_name` is the canonical username sealed under the directory key.

@@ -24,8 +24,8 @@ use crate::{
 };
 use async_trait::async_trait;
 use coffer_types::{
-    BlobId, Generation, MailboxId, ModSeq, MsgId, SecurityMode, SlotId, SlotKind, Uid,
-    UidValidity, UserId,
+    BlobId, Generation, MailboxId, ModSeq, MsgId, SecurityMode, SlotId, SlotKind, Uid, UidValidity,
+    UserId,
 };
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashSet;
@@ -177,7 +177,8 @@ fn open_connection(path: &Path) -> Result<Connection> {
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
-    let f = fs::File::open(dir).map_err(|e| StoreError::io(format!("opening {}", dir.display()), e))?;
+    let f =
+        fs::File::open(dir).map_err(|e| StoreError::io(format!("opening {}", dir.display()), e))?;
     f.sync_all()
         .map_err(|e| StoreError::io(format!("syncing {}", dir.display()), e))
 }
@@ -203,7 +204,7 @@ fn corrupt(object: &str, reason: &str) -> StoreError {
     }
 }
 
-fn account_from_row(r: &Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, i64, i64, Vec<u8>, Option<i64>, i64)> {
+fn account_from_row(r: &Row<'_>) -> rusqlite::Result<RawAccount> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -224,12 +225,15 @@ fn account_decode(raw: RawAccount) -> Result<AccountRow> {
     Ok(AccountRow {
         user_id,
         sealed_name,
-        generation: Generation(u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?),
+        generation: Generation(
+            u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?,
+        ),
         mode: u8::try_from(mode)
             .ok()
             .and_then(SecurityMode::from_code)
             .ok_or_else(|| corrupt(&object, "unknown security mode"))?,
-        kdf_salt: <[u8; 16]>::try_from(salt.as_slice()).map_err(|_| corrupt(&object, "salt length"))?,
+        kdf_salt: <[u8; 16]>::try_from(salt.as_slice())
+            .map_err(|_| corrupt(&object, "salt length"))?,
         inbox: inbox.map(MailboxId),
         created,
     })
@@ -295,7 +299,9 @@ fn slot_decode(raw: RawSlot) -> Result<SlotRow> {
             .ok()
             .and_then(SlotKind::from_code)
             .ok_or_else(|| corrupt(&object, "unknown slot kind"))?,
-        generation: Generation(u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?),
+        generation: Generation(
+            u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?,
+        ),
         locator: locator.map(|l| arr32(l, &object)).transpose()?,
         kdf,
         wrapped,
@@ -327,7 +333,9 @@ fn mailbox_decode(raw: RawMailbox) -> Result<MailboxRow> {
     Ok(MailboxRow {
         id: MailboxId(id),
         user_id: UserId(arr32(user, &object)?),
-        generation: Generation(u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?),
+        generation: Generation(
+            u32::try_from(generation).map_err(|_| corrupt(&object, "generation"))?,
+        ),
         sealed,
         lookup: arr32(lookup, &object)?,
         uid_validity: u32::try_from(uv)
@@ -340,7 +348,18 @@ fn mailbox_decode(raw: RawMailbox) -> Result<MailboxRow> {
     })
 }
 
-struct RawMessage(i64, i64, i64, Vec<u8>, Vec<u8>, i64, i64, i64, Vec<u8>, Option<Vec<u8>>);
+struct RawMessage(
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+    Option<Vec<u8>>,
+);
 
 fn message_raw(r: &Row<'_>) -> rusqlite::Result<RawMessage> {
     Ok(RawMessage(
@@ -361,7 +380,8 @@ fn message_decode(raw: RawMessage) -> Result<MessageRow> {
     let RawMessage(mailbox, uid, modseq, msg_id, blob_id, blob_len, kind, seal_gen, meta, flags) =
         raw;
     let object = format!("message {mailbox}/{uid}");
-    let generation = Generation(u32::try_from(seal_gen).map_err(|_| corrupt(&object, "generation"))?);
+    let generation =
+        Generation(u32::try_from(seal_gen).map_err(|_| corrupt(&object, "generation"))?);
     Ok(MessageRow {
         mailbox: MailboxId(mailbox),
         uid: u32::try_from(uid)
@@ -410,7 +430,11 @@ fn insert_slot(tx: &Connection, s: &SlotRow) -> Result<()> {
 /// that a mailbox re-created under an old name never reuses one (RFC 9051 §2.3.1.1).
 fn next_uidvalidity(tx: &Connection) -> Result<UidValidity> {
     let last: Option<Vec<u8>> = tx
-        .query_row("SELECT value FROM meta WHERE key = 'last_uidvalidity'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'last_uidvalidity'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(db_err)?;
     let last = last
@@ -550,10 +574,10 @@ impl SqliteStore {
                 None => open_connection(&inner.dir.join(DB_FILE))?,
             };
             let out = f(&conn);
-            if let Ok(mut p) = inner.readers.lock() {
-                if p.len() < 8 {
-                    p.push(conn);
-                }
+            if let Ok(mut p) = inner.readers.lock()
+                && p.len() < 8
+            {
+                p.push(conn);
             }
             out
         })
@@ -602,9 +626,11 @@ impl Store for SqliteStore {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let key = key.to_string();
         self.read(move |c| {
-            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
-                .optional()
-                .map_err(db_err)
+            c.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db_err)
         })
         .await
     }
@@ -678,7 +704,9 @@ impl Store for SqliteStore {
     async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
         self.read(move |c| {
             let mut stmt = c
-                .prepare(&format!("SELECT {ACCOUNT_COLS} FROM accounts ORDER BY created, user_id"))
+                .prepare(&format!(
+                    "SELECT {ACCOUNT_COLS} FROM accounts ORDER BY created, user_id"
+                ))
                 .map_err(db_err)?;
             let raws = stmt
                 .query_map([], account_from_row)
@@ -730,7 +758,12 @@ impl Store for SqliteStore {
         Ok(blobs.0)
     }
 
-    async fn set_mode(&self, user: &UserId, mode: SecurityMode, escrow: Option<SlotRow>) -> Result<()> {
+    async fn set_mode(
+        &self,
+        user: &UserId,
+        mode: SecurityMode,
+        escrow: Option<SlotRow>,
+    ) -> Result<()> {
         let user = *user;
         self.write(move |c| {
             let tx = c
@@ -738,7 +771,10 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let u = user.as_bytes().as_slice();
             let n = tx
-                .execute("UPDATE accounts SET mode = ?1 WHERE user_id = ?2", params![mode.code(), u])
+                .execute(
+                    "UPDATE accounts SET mode = ?1 WHERE user_id = ?2",
+                    params![mode.code(), u],
+                )
                 .map_err(db_err)?;
             if n == 0 {
                 return Err(StoreError::NotFound(format!("account {user}")));
@@ -894,7 +930,9 @@ impl Store for SqliteStore {
         let user = *user;
         self.read(move |c| {
             let mut stmt = c
-                .prepare(&format!("SELECT {SLOT_COLS} FROM slots WHERE user_id = ?1 ORDER BY created, slot_id"))
+                .prepare(&format!(
+                    "SELECT {SLOT_COLS} FROM slots WHERE user_id = ?1 ORDER BY created, slot_id"
+                ))
                 .map_err(db_err)?;
             let raws = stmt
                 .query_map(params![user.as_bytes().as_slice()], slot_raw)
@@ -906,7 +944,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn replace_slots(&self, user: &UserId, add: Vec<SlotRow>, remove: Vec<SlotId>) -> Result<()> {
+    async fn replace_slots(
+        &self,
+        user: &UserId,
+        add: Vec<SlotRow>,
+        remove: Vec<SlotId>,
+    ) -> Result<()> {
         let user = *user;
         self.write(move |c| {
             let tx = c
@@ -945,7 +988,9 @@ impl Store for SqliteStore {
         let user = *user;
         self.read(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!("SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = ?1 ORDER BY id"))
+                .prepare_cached(&format!(
+                    "SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = ?1 ORDER BY id"
+                ))
                 .map_err(db_err)?;
             let raws = stmt
                 .query_map(params![user.as_bytes().as_slice()], mailbox_raw)
@@ -979,7 +1024,9 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let raw = c
                 .query_row(
-                    &format!("SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = ?1 AND lookup = ?2"),
+                    &format!(
+                        "SELECT {MAILBOX_COLS} FROM mailboxes WHERE user_id = ?1 AND lookup = ?2"
+                    ),
                     params![user.as_bytes().as_slice(), lookup.as_slice()],
                     mailbox_raw,
                 )
@@ -1052,7 +1099,9 @@ impl Store for SqliteStore {
                 let u = user.as_bytes().as_slice();
                 let blobs: Vec<Vec<u8>> = {
                     let mut stmt = tx
-                        .prepare("SELECT blob_id FROM messages WHERE mailbox_id = ?1 AND user_id = ?2")
+                        .prepare(
+                            "SELECT blob_id FROM messages WHERE mailbox_id = ?1 AND user_id = ?2",
+                        )
                         .map_err(db_err)?;
                     stmt.query_map(params![id.0, u], |r| r.get(0))
                         .map_err(db_err)?
@@ -1060,15 +1109,23 @@ impl Store for SqliteStore {
                         .map_err(db_err)?
                 };
                 let n = tx
-                    .execute("DELETE FROM mailboxes WHERE id = ?1 AND user_id = ?2", params![id.0, u])
+                    .execute(
+                        "DELETE FROM mailboxes WHERE id = ?1 AND user_id = ?2",
+                        params![id.0, u],
+                    )
                     .map_err(db_err)?;
                 if n == 0 {
                     return Err(StoreError::NotFound(format!("mailbox {id}")));
                 }
-                tx.execute("DELETE FROM messages WHERE mailbox_id = ?1", params![id.0]).map_err(db_err)?;
-                tx.execute("DELETE FROM expunged WHERE mailbox_id = ?1", params![id.0]).map_err(db_err)?;
-                tx.execute("UPDATE accounts SET inbox = NULL WHERE user_id = ?1 AND inbox = ?2", params![u, id.0])
+                tx.execute("DELETE FROM messages WHERE mailbox_id = ?1", params![id.0])
                     .map_err(db_err)?;
+                tx.execute("DELETE FROM expunged WHERE mailbox_id = ?1", params![id.0])
+                    .map_err(db_err)?;
+                tx.execute(
+                    "UPDATE accounts SET inbox = NULL WHERE user_id = ?1 AND inbox = ?2",
+                    params![u, id.0],
+                )
+                .map_err(db_err)?;
                 let gone = unreferenced(&tx, &blobs)?;
                 tx.commit().map_err(db_err)?;
                 Ok(gone)
@@ -1148,7 +1205,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn get_message(&self, user: &UserId, mailbox: MailboxId, uid: Uid) -> Result<Option<MessageRow>> {
+    async fn get_message(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        uid: Uid,
+    ) -> Result<Option<MessageRow>> {
         let user = *user;
         self.read(move |c| {
             let raw = c
@@ -1244,7 +1306,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expunge(&self, user: &UserId, mailbox: MailboxId, uids: Vec<Uid>) -> Result<(Vec<Uid>, Option<ModSeq>)> {
+    async fn expunge(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+    ) -> Result<(Vec<Uid>, Option<ModSeq>)> {
         let user = *user;
         let (removed, modseq, gone) = self
             .write(move |c| {
@@ -1291,7 +1358,13 @@ impl Store for SqliteStore {
         Ok((removed, modseq))
     }
 
-    async fn move_messages(&self, user: &UserId, from: MailboxId, uids: Vec<Uid>, to: MailboxId) -> Result<Vec<(Uid, Uid)>> {
+    async fn move_messages(
+        &self,
+        user: &UserId,
+        from: MailboxId,
+        uids: Vec<Uid>,
+        to: MailboxId,
+    ) -> Result<Vec<(Uid, Uid)>> {
         let user = *user;
         self.write(move |c| {
             let tx = c
@@ -1337,7 +1410,12 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn expunged_since(&self, user: &UserId, mailbox: MailboxId, since: u64) -> Result<Vec<Uid>> {
+    async fn expunged_since(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        since: u64,
+    ) -> Result<Vec<Uid>> {
         let user = *user;
         self.read(move |c| {
             let mut stmt = c
@@ -1347,11 +1425,17 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_err)?;
             let uids: Vec<i64> = stmt
-                .query_map(params![mailbox.0, user.as_bytes().as_slice(), since as i64], |r| r.get(0))
+                .query_map(
+                    params![mailbox.0, user.as_bytes().as_slice(), since as i64],
+                    |r| r.get(0),
+                )
                 .map_err(db_err)?
                 .collect::<rusqlite::Result<_>>()
                 .map_err(db_err)?;
-            Ok(uids.into_iter().filter_map(|u| Uid::new(u as u32)).collect())
+            Ok(uids
+                .into_iter()
+                .filter_map(|u| Uid::new(u as u32))
+                .collect())
         })
         .await
     }
@@ -1457,7 +1541,9 @@ impl Store for SqliteStore {
         let store = self.clone();
         let referenced: HashSet<Vec<u8>> = self
             .read(|c| {
-                let mut stmt = c.prepare("SELECT DISTINCT blob_id FROM messages").map_err(db_err)?;
+                let mut stmt = c
+                    .prepare("SELECT DISTINCT blob_id FROM messages")
+                    .map_err(db_err)?;
                 stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))
                     .map_err(db_err)?
                     .collect::<rusqlite::Result<_>>()
@@ -1479,12 +1565,15 @@ impl Store for SqliteStore {
             for shard in entries.flatten() {
                 let shard_path = shard.path();
                 let is_tmp = shard.file_name() == "tmp";
-                let Ok(files) = fs::read_dir(&shard_path) else { continue };
+                let Ok(files) = fs::read_dir(&shard_path) else {
+                    continue;
+                };
                 for f in files.flatten() {
                     let path = f.path();
                     let name = f.file_name().to_string_lossy().to_string();
                     let keep = !is_tmp
-                        && BlobId::from_hex(&name).is_some_and(|b| referenced.contains(b.as_bytes().as_slice()));
+                        && BlobId::from_hex(&name)
+                            .is_some_and(|b| referenced.contains(b.as_bytes().as_slice()));
                     if !keep && old_enough(&path) && fs::remove_file(&path).is_ok() {
                         removed += 1;
                     }
@@ -1533,7 +1622,8 @@ mod tests {
         let dir = tempdir();
         drop(SqliteStore::open(&dir).unwrap());
         let c = Connection::open(dir.join(DB_FILE)).unwrap();
-        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(c);
         match SqliteStore::open(&dir) {
             Err(StoreError::SchemaTooNew { found, known }) => {

@@ -51,7 +51,9 @@ impl std::str::FromStr for SecurityMode {
         match s.to_ascii_lowercase().as_str() {
             "high" => Ok(SecurityMode::High),
             "low" => Ok(SecurityMode::Low),
-            other => Err(format!("unknown security mode {other:?}: expected high or low")),
+            other => Err(format!(
+                "unknown security mode {other:?}: expected high or low"
+            )),
         }
     }
 }

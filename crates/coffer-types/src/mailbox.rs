@@ -185,9 +185,8 @@ impl Flag {
         }
         let atom_ok = !s.is_empty()
             && s.len() <= MAX_KEYWORD_BYTES
-            && s.bytes().all(|b| {
-                b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b)
-            });
+            && s.bytes()
+                .all(|b| b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b));
         atom_ok.then(|| Flag::Keyword(s.to_string()))
     }
 
@@ -221,7 +220,10 @@ mod tests {
     fn inbox_is_case_insensitive_only_at_top_level() {
         assert_eq!(MailboxName::new("inbox").unwrap().as_str(), "INBOX");
         assert_eq!(MailboxName::new("iNbOx/Sub").unwrap().as_str(), "INBOX/Sub");
-        assert_eq!(MailboxName::new("Work/inbox").unwrap().as_str(), "Work/inbox");
+        assert_eq!(
+            MailboxName::new("Work/inbox").unwrap().as_str(),
+            "Work/inbox"
+        );
     }
 
     #[test]
@@ -230,7 +232,10 @@ mod tests {
         assert_eq!(MailboxName::new("a//b"), Err(MailboxNameError::EmptyLevel));
         assert_eq!(MailboxName::new("/a"), Err(MailboxNameError::EmptyLevel));
         assert_eq!(MailboxName::new("a*"), Err(MailboxNameError::BadCharacter));
-        assert_eq!(MailboxName::new("a\nb"), Err(MailboxNameError::BadCharacter));
+        assert_eq!(
+            MailboxName::new("a\nb"),
+            Err(MailboxNameError::BadCharacter)
+        );
         assert_eq!(
             MailboxName::new(&"x".repeat(MAX_NAME_BYTES + 1)),
             Err(MailboxNameError::TooLong)
@@ -246,7 +251,11 @@ mod tests {
         let n = MailboxName::new("A/B/C").unwrap();
         assert_eq!(n.parent().unwrap().as_str(), "A/B");
         assert!(n.is_under(&MailboxName::new("A").unwrap()));
-        assert!(!MailboxName::new("AB").unwrap().is_under(&MailboxName::new("A").unwrap()));
+        assert!(
+            !MailboxName::new("AB")
+                .unwrap()
+                .is_under(&MailboxName::new("A").unwrap())
+        );
     }
 
     #[test]

@@ -81,7 +81,10 @@ mod tests {
         assert_eq!(Username::new("a+b"), Err(UsernameError::BadCharacter));
         assert_eq!(Username::new("a\0"), Err(UsernameError::BadCharacter));
         assert_eq!(Username::new(&"a".repeat(256)), Err(UsernameError::TooLong));
-        assert_eq!(Username::from_bytes(b"\xff\xfe"), Err(UsernameError::NotUtf8));
+        assert_eq!(
+            Username::from_bytes(b"\xff\xfe"),
+            Err(UsernameError::NotUtf8)
+        );
         assert!(Username::new("alice@example.org").is_ok());
     }
 

@@ -96,7 +96,12 @@ pub fn seal_body(recipient: &PublicKey, user: &UserId, blob: &BlobId, body: &[u8
 }
 
 /// Opens a sealed body, checking that it belongs to `user` and `blob`.
-pub fn open_body(identity: &StaticSecret, user: &UserId, blob: &BlobId, sealed: &[u8]) -> Result<SecretBytes, OpenFailed> {
+pub fn open_body(
+    identity: &StaticSecret,
+    user: &UserId,
+    blob: &BlobId,
+    sealed: &[u8],
+) -> Result<SecretBytes, OpenFailed> {
     let id = age_identity(identity);
     let decryptor = age::Decryptor::new_buffered(sealed).map_err(|_| OpenFailed)?;
     let mut reader = decryptor
@@ -152,7 +157,10 @@ mod tests {
         for size in [0usize, 1, 1000, 65_536 * 3 + 17] {
             let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
             let sealed = seal_body(&pk, &user, &blob, &body);
-            assert_eq!(open_body(&sk, &user, &blob, &sealed).unwrap().as_slice(), body.as_slice());
+            assert_eq!(
+                open_body(&sk, &user, &blob, &sealed).unwrap().as_slice(),
+                body.as_slice()
+            );
         }
     }
 
@@ -165,7 +173,12 @@ mod tests {
         // Both pad to the same 1 KiB bucket; age adds a random "grease" stanza to some
         // headers, so lengths vary by that header noise only, never by the body size.
         assert!(a.len() >= 1024 + 16 && c.len() >= 1024 + 16);
-        assert!(a.len().abs_diff(c.len()) < 400, "{} vs {}", a.len(), c.len());
+        assert!(
+            a.len().abs_diff(c.len()) < 400,
+            "{} vs {}",
+            a.len(),
+            c.len()
+        );
     }
 
     #[test]
@@ -179,11 +192,20 @@ mod tests {
             bad[i] ^= 0x04;
             assert!(open_body(&sk, &u, &b, &bad).is_err(), "byte {i}");
         }
-        assert!(open_body(&sk, &u, &b, &sealed[..sealed.len() - 1]).is_err(), "truncated");
+        assert!(
+            open_body(&sk, &u, &b, &sealed[..sealed.len() - 1]).is_err(),
+            "truncated"
+        );
         let (other, _) = keys();
         assert!(open_body(&other, &u, &b, &sealed).is_err());
-        assert!(open_body(&sk, &UserId([9; 32]), &b, &sealed).is_err(), "other user");
-        assert!(open_body(&sk, &u, &BlobId([9; 16]), &sealed).is_err(), "other blob");
+        assert!(
+            open_body(&sk, &UserId([9; 32]), &b, &sealed).is_err(),
+            "other user"
+        );
+        assert!(
+            open_body(&sk, &u, &BlobId([9; 16]), &sealed).is_err(),
+            "other blob"
+        );
     }
 
     #[test]

@@ -29,7 +29,8 @@ pub const INSECURE_TEST_PARAMS: KdfParams = KdfParams {
 pub struct KdfError(String);
 
 pub(crate) fn argon2_params(p: &KdfParams) -> Result<Params, KdfError> {
-    Params::new(p.memory_kib, p.time_cost, p.parallelism, Some(32)).map_err(|e| KdfError(e.to_string()))
+    Params::new(p.memory_kib, p.time_cost, p.parallelism, Some(32))
+        .map_err(|e| KdfError(e.to_string()))
 }
 
 /// Checks parameters before they are stored (config values, calibration results).
@@ -38,7 +39,12 @@ pub fn validate(p: &KdfParams) -> Result<(), KdfError> {
 }
 
 /// The stretched secret `s` for one typed secret.
-pub fn stretch(pepper: &Pepper, password: &[u8], salt: &[u8; 16], params: &KdfParams) -> Result<Secret32, KdfError> {
+pub fn stretch(
+    pepper: &Pepper,
+    password: &[u8],
+    salt: &[u8; 16],
+    params: &KdfParams,
+) -> Result<Secret32, KdfError> {
     let argon = Argon2::new_with_secret(
         pepper.argon2_secret().expose(),
         Algorithm::Argon2id,
@@ -121,9 +127,12 @@ mod tests {
             .data(argon2::AssociatedData::new(&[4u8; 12]).unwrap())
             .build()
             .unwrap();
-        let argon = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params).unwrap();
+        let argon = Argon2::new_with_secret(&[3u8; 8], Algorithm::Argon2id, Version::V0x13, params)
+            .unwrap();
         let mut out = [0u8; 32];
-        argon.hash_password_into(&[1u8; 32], &[2u8; 16], &mut out).unwrap();
+        argon
+            .hash_password_into(&[1u8; 32], &[2u8; 16], &mut out)
+            .unwrap();
         assert_eq!(
             coffer_types::hex(&out),
             "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"

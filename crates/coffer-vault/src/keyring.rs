@@ -67,7 +67,9 @@ pub enum Place<'a> {
 
 impl Place<'_> {
     fn aad(&self, user: &UserId, generation: Generation) -> Aad {
-        let base = Aad::new("coffer/v1").field(user.as_bytes()).u32(generation.0);
+        let base = Aad::new("coffer/v1")
+            .field(user.as_bytes())
+            .u32(generation.0);
         match self {
             Place::Mailbox(lookup) => base.field(b"mailbox").field(*lookup),
             Place::MessageMeta(id) => base.field(b"message-meta").field(*id),
@@ -137,7 +139,9 @@ impl Keyring {
     }
 
     fn keys(&self, g: Generation) -> Result<&GenerationKeys, KeyringError> {
-        self.generations.get(&g).ok_or(KeyringError::GenerationClosed(g))
+        self.generations
+            .get(&g)
+            .ok_or(KeyringError::GenerationClosed(g))
     }
 
     pub fn public_key(&self) -> PublicKey {
@@ -147,25 +151,47 @@ impl Keyring {
     /// Seals a value under the current generation's index key.
     pub fn seal(&self, place: Place<'_>, plaintext: &[u8]) -> (Generation, Vec<u8>) {
         let k = self.current();
-        (k.generation, primitives::seal(&k.index, &place.aad(&self.user, k.generation), plaintext))
+        (
+            k.generation,
+            primitives::seal(&k.index, &place.aad(&self.user, k.generation), plaintext),
+        )
     }
 
     /// Seals a value under the index key of generation `g` (values that belong with mail
     /// of an older generation stay in that generation).
-    pub fn seal_in(&self, g: Generation, place: Place<'_>, plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
+    pub fn seal_in(
+        &self,
+        g: Generation,
+        place: Place<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, KeyringError> {
         let k = self.keys(g)?;
-        Ok(primitives::seal(&k.index, &place.aad(&self.user, g), plaintext))
+        Ok(primitives::seal(
+            &k.index,
+            &place.aad(&self.user, g),
+            plaintext,
+        ))
     }
 
     /// Opens a value sealed under the index key of generation `g`.
-    pub fn open(&self, g: Generation, place: Place<'_>, sealed: &[u8]) -> Result<SecretBytes, KeyringError> {
+    pub fn open(
+        &self,
+        g: Generation,
+        place: Place<'_>,
+        sealed: &[u8],
+    ) -> Result<SecretBytes, KeyringError> {
         let k = self.keys(g)?;
         primitives::open(&k.index, &place.aad(&self.user, g), sealed)
             .map_err(|OpenFailed| KeyringError::Tampered(describe(&place)))
     }
 
     /// Opens a value that delivery sealed to generation `g`'s public key.
-    pub fn open_delivered(&self, g: Generation, place: Place<'_>, sealed: &[u8]) -> Result<SecretBytes, KeyringError> {
+    pub fn open_delivered(
+        &self,
+        g: Generation,
+        place: Place<'_>,
+        sealed: &[u8],
+    ) -> Result<SecretBytes, KeyringError> {
         let k = self.keys(g)?;
         primitives::open_from(&k.identity, &delivery_aad(&self.user, g, place), sealed)
             .map_err(|OpenFailed| KeyringError::Tampered(describe(&place)))
@@ -174,11 +200,19 @@ impl Keyring {
     /// Seals a message body to the current generation.
     pub fn seal_body(&self, blob: &BlobId, body: &[u8]) -> (Generation, Vec<u8>) {
         let k = self.current();
-        (k.generation, body::seal_body(&k.public, &self.user, blob, body))
+        (
+            k.generation,
+            body::seal_body(&k.public, &self.user, blob, body),
+        )
     }
 
     /// Opens a message body sealed to generation `g`.
-    pub fn open_body(&self, g: Generation, blob: &BlobId, sealed: &[u8]) -> Result<SecretBytes, KeyringError> {
+    pub fn open_body(
+        &self,
+        g: Generation,
+        blob: &BlobId,
+        sealed: &[u8],
+    ) -> Result<SecretBytes, KeyringError> {
         let k = self.keys(g)?;
         body::open_body(&k.identity, &self.user, blob, sealed)
             .map_err(|OpenFailed| KeyringError::Tampered(format!("message blob {blob}")))
@@ -220,7 +254,11 @@ impl PublicSealer {
         self.generation
     }
     pub fn seal(&self, place: Place<'_>, plaintext: &[u8]) -> Vec<u8> {
-        primitives::seal_to(&self.public, &delivery_aad(&self.user, self.generation, place), plaintext)
+        primitives::seal_to(
+            &self.public,
+            &delivery_aad(&self.user, self.generation, place),
+            plaintext,
+        )
     }
     pub fn seal_body(&self, blob: &BlobId, body: &[u8]) -> Vec<u8> {
         body::seal_body(&self.public, &self.user, blob, body)
@@ -232,7 +270,10 @@ mod tests {
     use super::*;
 
     fn ring(user: u8) -> Keyring {
-        Keyring::new(UserId([user; 32]), GenerationKeys::derive(Generation(1), Secret32::new([7; 32])))
+        Keyring::new(
+            UserId([user; 32]),
+            GenerationKeys::derive(Generation(1), Secret32::new([7; 32])),
+        )
     }
 
     #[test]
@@ -249,10 +290,24 @@ mod tests {
         let b = ring(2); // same master key, other user
         let id = [3u8; 16];
         let (g, sealed) = a.seal(Place::MessageFlags(&id), b"\\Seen");
-        assert_eq!(a.open(g, Place::MessageFlags(&id), &sealed).unwrap().as_slice(), b"\\Seen");
-        assert!(a.open(g, Place::MessageMeta(&id), &sealed).is_err(), "other column");
-        assert!(a.open(g, Place::MessageFlags(&[4; 16]), &sealed).is_err(), "other row");
-        assert!(b.open(g, Place::MessageFlags(&id), &sealed).is_err(), "other user");
+        assert_eq!(
+            a.open(g, Place::MessageFlags(&id), &sealed)
+                .unwrap()
+                .as_slice(),
+            b"\\Seen"
+        );
+        assert!(
+            a.open(g, Place::MessageMeta(&id), &sealed).is_err(),
+            "other column"
+        );
+        assert!(
+            a.open(g, Place::MessageFlags(&[4; 16]), &sealed).is_err(),
+            "other row"
+        );
+        assert!(
+            b.open(g, Place::MessageFlags(&id), &sealed).is_err(),
+            "other user"
+        );
         assert_eq!(
             a.open(Generation(2), Place::MessageFlags(&id), &sealed),
             Err(KeyringError::GenerationClosed(Generation(2)))
@@ -265,12 +320,26 @@ mod tests {
         let sealer = PublicSealer::new(*a.user_id(), Generation(1), *a.public_key().as_bytes());
         let id = [5u8; 16];
         let sealed = sealer.seal(Place::MessageMeta(&id), b"meta");
-        assert_eq!(a.open_delivered(Generation(1), Place::MessageMeta(&id), &sealed).unwrap().as_slice(), b"meta");
-        assert!(a.open(Generation(1), Place::MessageMeta(&id), &sealed).is_err());
-        assert!(a.open_delivered(Generation(1), Place::MessageFlags(&id), &sealed).is_err());
+        assert_eq!(
+            a.open_delivered(Generation(1), Place::MessageMeta(&id), &sealed)
+                .unwrap()
+                .as_slice(),
+            b"meta"
+        );
+        assert!(
+            a.open(Generation(1), Place::MessageMeta(&id), &sealed)
+                .is_err()
+        );
+        assert!(
+            a.open_delivered(Generation(1), Place::MessageFlags(&id), &sealed)
+                .is_err()
+        );
         let blob = BlobId([6; 16]);
         let body = sealer.seal_body(&blob, b"hello");
-        assert_eq!(a.open_body(Generation(1), &blob, &body).unwrap().as_slice(), b"hello");
+        assert_eq!(
+            a.open_body(Generation(1), &blob, &body).unwrap().as_slice(),
+            b"hello"
+        );
     }
 
     const KAT_INDEX: &str = "121dd05e9a132a11388e1570e2b731b34fde963d689d8c0ab133eed7bbc2dab9";

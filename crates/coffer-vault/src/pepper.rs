@@ -17,13 +17,17 @@ const FILE_PREFIX: &str = "coffer-pepper-v1:";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PepperError {
-    #[error("pepper file {0} is missing; without it no mailbox can be opened (see docs/OPERATING.md)")]
+    #[error(
+        "pepper file {0} is missing; without it no mailbox can be opened (see docs/OPERATING.md)"
+    )]
     Missing(PathBuf),
     #[error("pepper file {0} is malformed (expected \"coffer-pepper-v1:\" and 64 hex digits)")]
     Malformed(PathBuf),
     #[error("pepper file {0} can be read by other users; run: chmod 600 {0}")]
     TooOpen(PathBuf),
-    #[error("pepper file {0} does not belong to this data directory (wrong pepper); nothing was changed")]
+    #[error(
+        "pepper file {0} does not belong to this data directory (wrong pepper); nothing was changed"
+    )]
     Mismatch(PathBuf),
     #[error("pepper file {0} already exists; refusing to overwrite it")]
     Exists(PathBuf),
@@ -69,7 +73,10 @@ impl Pepper {
                     }
                 }
             })?;
-        let line = Zeroizing::new(format!("{FILE_PREFIX}{}\n", coffer_types::hex(secret.expose())));
+        let line = Zeroizing::new(format!(
+            "{FILE_PREFIX}{}\n",
+            coffer_types::hex(secret.expose())
+        ));
         let write = f.write_all(line.as_bytes()).and_then(|_| f.sync_all());
         if let Err(e) = write {
             let _ = fs::remove_file(path);
@@ -78,10 +85,13 @@ impl Pepper {
                 source: e,
             });
         }
-        if let Some(parent) = path.parent() {
-            if let Ok(d) = fs::File::open(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
-                let _ = d.sync_all();
-            }
+        // Make the new directory entry durable too.
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
         }
         Ok(Self::from_secret(secret, path))
     }
@@ -112,7 +122,8 @@ impl Pepper {
             .trim_end_matches(['\n', '\r'])
             .strip_prefix(FILE_PREFIX)
             .ok_or_else(|| PepperError::Malformed(path.to_path_buf()))?;
-        let bytes = coffer_types::unhex::<32>(hex).ok_or_else(|| PepperError::Malformed(path.to_path_buf()))?;
+        let bytes = coffer_types::unhex::<32>(hex)
+            .ok_or_else(|| PepperError::Malformed(path.to_path_buf()))?;
         Ok(Self::from_secret(Secret32::new(bytes), path))
     }
 
@@ -138,7 +149,10 @@ impl Pepper {
 
     /// user_id = HMAC-SHA256(pepper, "coffer/user-id" || canonical username).
     pub fn user_id(&self, name: &Username) -> UserId {
-        UserId(hmac32(self.secret.expose(), &[b"coffer/user-id", name.as_str().as_bytes()]))
+        UserId(hmac32(
+            self.secret.expose(),
+            &[b"coffer/user-id", name.as_str().as_bytes()],
+        ))
     }
 
     /// A value stored in the data directory so that a wrong pepper is detected at start.
@@ -164,11 +178,20 @@ impl Pepper {
 
     /// Keyed hash naming a mailbox for delivery lookups and duplicate checks:
     /// HMAC(HKDF(pepper, "coffer/mailbox-lookup"), user_id || generation || name).
-    pub fn mailbox_lookup(&self, user: &UserId, generation: Generation, name: &MailboxName) -> [u8; 32] {
+    pub fn mailbox_lookup(
+        &self,
+        user: &UserId,
+        generation: Generation,
+        name: &MailboxName,
+    ) -> [u8; 32] {
         // IMAP names are case-sensitive except INBOX, which MailboxName already canonicalises.
         hmac32(
             self.lookup_key.expose(),
-            &[user.as_bytes(), &generation.0.to_be_bytes(), name.as_str().as_bytes()],
+            &[
+                user.as_bytes(),
+                &generation.0.to_be_bytes(),
+                name.as_str().as_bytes(),
+            ],
         )
     }
 
@@ -194,7 +217,10 @@ mod tests {
         let u = Username::new("alice").unwrap();
         assert_eq!(a.user_id(&u), b.user_id(&u));
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(matches!(Pepper::create(&p), Err(PepperError::Exists(_))));
         fs::remove_file(&p).unwrap();
     }
@@ -231,7 +257,10 @@ mod tests {
         let a = Pepper::from_bytes([1; 32]);
         let b = Pepper::from_bytes([2; 32]);
         assert!(a.verify(&a.check_value()).is_ok());
-        assert!(matches!(b.verify(&a.check_value()), Err(PepperError::Mismatch(_))));
+        assert!(matches!(
+            b.verify(&a.check_value()),
+            Err(PepperError::Mismatch(_))
+        ));
     }
 
     const KAT_USER_ID: &str = "e775356a94fa7f73dd0b05e47f29b21ca2e10513de1c8c694a86cbc25bfc7ad6";

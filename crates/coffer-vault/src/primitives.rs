@@ -54,7 +54,8 @@ impl Aad {
         Aad::default().field(context.as_bytes())
     }
     pub fn field(mut self, bytes: &[u8]) -> Self {
-        self.0.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         self.0.extend_from_slice(bytes);
         self
     }
@@ -129,7 +130,11 @@ pub fn seal_to(recipient: &PublicKey, aad: &Aad, plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// Opens a value made by [`seal_to`] with the recipient's secret key.
-pub fn open_from(secret: &StaticSecret, aad: &Aad, sealed: &[u8]) -> Result<SecretBytes, OpenFailed> {
+pub fn open_from(
+    secret: &StaticSecret,
+    aad: &Aad,
+    sealed: &[u8],
+) -> Result<SecretBytes, OpenFailed> {
     if sealed.len() < 1 + 32 || sealed[0] != BOX_V1 {
         return Err(OpenFailed);
     }
@@ -184,13 +189,19 @@ mod tests {
         let key = Secret32::random();
         let aad = Aad::new("test").field(b"row-1");
         let sealed = seal(&key, &aad, b"mailbox name");
-        assert_eq!(open(&key, &aad, &sealed).unwrap().as_slice(), b"mailbox name");
+        assert_eq!(
+            open(&key, &aad, &sealed).unwrap().as_slice(),
+            b"mailbox name"
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
             assert_eq!(open(&key, &aad, &bad), Err(OpenFailed), "byte {i}");
         }
-        assert_eq!(open(&key, &Aad::new("test").field(b"row-2"), &sealed), Err(OpenFailed));
+        assert_eq!(
+            open(&key, &Aad::new("test").field(b"row-2"), &sealed),
+            Err(OpenFailed)
+        );
         assert_eq!(open(&Secret32::random(), &aad, &sealed), Err(OpenFailed));
         assert_eq!(open(&key, &aad, &sealed[..10]), Err(OpenFailed));
     }
@@ -201,7 +212,10 @@ mod tests {
         let pk = PublicKey::from(&sk);
         let aad = Aad::new("meta").field(b"m1");
         let sealed = seal_to(&pk, &aad, b"envelope");
-        assert_eq!(open_from(&sk, &aad, &sealed).unwrap().as_slice(), b"envelope");
+        assert_eq!(
+            open_from(&sk, &aad, &sealed).unwrap().as_slice(),
+            b"envelope"
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x80;
@@ -220,7 +234,9 @@ mod tests {
         // draft-irtf-cfrg-xchacha-03 §A.3.1 test vector, through the primitive we use.
         let key: [u8; 32] = (0x80..=0x9f).collect::<Vec<u8>>().try_into().unwrap();
         let nonce: Vec<u8> = (0x40..=0x57).collect();
-        let aad = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
+        let aad = [
+            0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7,
+        ];
         let msg = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.";
         let cipher = XChaCha20Poly1305::new((&key).into());
         let ct = cipher

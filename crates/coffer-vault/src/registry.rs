@@ -146,7 +146,10 @@ impl Registry {
                 .keys
                 .read()
                 .ok()
-                .and_then(|k| k.as_ref().map(|k| k.current_generation() == keyring.current_generation()))
+                .and_then(|k| {
+                    k.as_ref()
+                        .map(|k| k.current_generation() == keyring.current_generation())
+                })
                 .unwrap_or(false);
             if same {
                 e.sessions += 1;
@@ -197,7 +200,9 @@ impl Registry {
 
     fn release(&self, user: &UserId, cell: &Arc<KeyringCell>) {
         let mut entries = self.entries();
-        let Some(e) = entries.get_mut(user) else { return };
+        let Some(e) = entries.get_mut(user) else {
+            return;
+        };
         if !Arc::ptr_eq(&e.cell, cell) {
             return; // a session of an older, already wiped cell
         }
@@ -228,7 +233,11 @@ impl Registry {
     }
 
     /// If `secret` opened this user's open keyring before, its slot locator and kind.
-    pub(crate) fn recall(&self, user: &UserId, secret: &[u8]) -> Option<([u8; 32], SlotKind, Generation)> {
+    pub(crate) fn recall(
+        &self,
+        user: &UserId,
+        secret: &[u8],
+    ) -> Option<([u8; 32], SlotKind, Generation)> {
         let entries = self.entries();
         let e = entries.get(user)?;
         let generation = e.cell.keys.read().ok()?.as_ref()?.current_generation();

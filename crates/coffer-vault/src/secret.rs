@@ -116,9 +116,18 @@ mod tests {
     #[test]
     fn password_rules() {
         assert_eq!(Password::new("").err(), Some(PasswordError::Empty));
-        assert_eq!(Password::new(&"x".repeat(1025)).err(), Some(PasswordError::TooLong));
-        assert_eq!(Password::from_bytes(b"\xff").err(), Some(PasswordError::NotUtf8));
-        assert_eq!(Password::new_account_password("short").err(), Some(PasswordError::TooShort));
+        assert_eq!(
+            Password::new(&"x".repeat(1025)).err(),
+            Some(PasswordError::TooLong)
+        );
+        assert_eq!(
+            Password::from_bytes(b"\xff").err(),
+            Some(PasswordError::NotUtf8)
+        );
+        assert_eq!(
+            Password::new_account_password("short").err(),
+            Some(PasswordError::TooShort)
+        );
         assert_eq!(
             Password::new_account_password("long enough\u{7}x").err(),
             Some(PasswordError::ControlCharacter)

@@ -41,7 +41,10 @@ impl Purpose {
             (self, kind),
             (Purpose::Mail, SlotKind::Password | SlotKind::AppPassword)
                 | (Purpose::Account, SlotKind::Password)
-                | (Purpose::Recovery, SlotKind::Password | SlotKind::RecoveryCode)
+                | (
+                    Purpose::Recovery,
+                    SlotKind::Password | SlotKind::RecoveryCode
+                )
         )
     }
 }
@@ -154,7 +157,10 @@ fn slot_aad(user: &UserId, locator: &[u8; 32], kind: SlotKind, generation: Gener
 }
 
 fn link_aad(user: &UserId, old: Generation, new: Generation) -> Aad {
-    Aad::new("coffer/v1/link").field(user.as_bytes()).u32(old.0).u32(new.0)
+    Aad::new("coffer/v1/link")
+        .field(user.as_bytes())
+        .u32(old.0)
+        .u32(new.0)
 }
 
 fn name_aad(user: &UserId) -> Aad {
@@ -194,7 +200,12 @@ impl Vault {
     }
 
     /// Argon2id on a blocking thread, bounded by the semaphore.
-    async fn stretch(&self, secret: &[u8], salt: [u8; 16], params: KdfParams) -> Result<Secret32, VaultError> {
+    async fn stretch(
+        &self,
+        secret: &[u8],
+        salt: [u8; 16],
+        params: KdfParams,
+    ) -> Result<Secret32, VaultError> {
         let _permit = self
             .argon
             .acquire()
@@ -241,14 +252,19 @@ impl Vault {
     }
 
     fn escrow_slot(&self, user: &UserId, keys: &GenerationKeys) -> Result<SlotRow, VaultError> {
-        let recipient = self.config.recovery_key.as_ref().ok_or(VaultError::NoRecoveryKey)?;
+        let recipient = self
+            .config
+            .recovery_key
+            .as_ref()
+            .ok_or(VaultError::NoRecoveryKey)?;
         let mut payload = Zeroizing::new(Vec::with_capacity(ESCROW_MAGIC.len() + 68));
         payload.extend_from_slice(ESCROW_MAGIC);
         payload.extend_from_slice(user.as_bytes());
         payload.extend_from_slice(&keys.generation().0.to_be_bytes());
         payload.extend_from_slice(keys.master().expose());
-        let enc = age::Encryptor::with_recipients(std::iter::once(&recipient.0 as &dyn age::Recipient))
-            .map_err(|e| VaultError::Internal(format!("escrow: {e}")))?;
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&recipient.0 as &dyn age::Recipient))
+                .map_err(|e| VaultError::Internal(format!("escrow: {e}")))?;
         let mut wrapped = Vec::new();
         let mut w = enc
             .wrap_output(&mut wrapped)
@@ -271,12 +287,21 @@ impl Vault {
     }
 
     /// Checks a derived keyring against the stored public key of its generation.
-    async fn verify_generation(&self, user: &UserId, keys: &GenerationKeys) -> Result<(), VaultError> {
+    async fn verify_generation(
+        &self,
+        user: &UserId,
+        keys: &GenerationKeys,
+    ) -> Result<(), VaultError> {
         let rows = self.store.list_keyrings(user).await?;
         let row = rows
             .iter()
             .find(|r| r.generation == keys.generation())
-            .ok_or_else(|| VaultError::Tampered(format!("keyring {} of user {user} is missing", keys.generation())))?;
+            .ok_or_else(|| {
+                VaultError::Tampered(format!(
+                    "keyring {} of user {user} is missing",
+                    keys.generation()
+                ))
+            })?;
         if &row.public_key != keys.public_key().as_bytes() {
             return Err(VaultError::Tampered(format!(
                 "keyring {} of user {user}: public key does not match the master key",
@@ -290,28 +315,13 @@ impl Vault {
     async fn open_links(&self, ring: &mut Keyring) -> Result<(), VaultError> {
         let links = self.store.list_links(ring.user_id()).await?;
         loop {
-            let mut progressed = false;
-            for link in &links {
-                if ring.has_generation(link.generation) || !ring.has_generation(link.sealed_under) {
-                    continue;
-                }
-                let master = {
-                    let under = ring_master(ring, link.sealed_under)?;
-                    let key = hkdf32(under.expose(), None, b"coffer/link");
-                    primitives::open(&key, &link_aad(ring.user_id(), link.generation, link.sealed_under), &link.wrapped)
-                        .map_err(|_| VaultError::Tampered(format!("keyring link {} of user {}", link.generation, ring.user_id())))?
-                };
-                let bytes: [u8; 32] = master
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| VaultError::Tampered("keyring link length".into()))?;
-                let keys = GenerationKeys::derive(link.generation, Secret32::new(bytes));
+            let opened = open_links_once(ring, &links)?;
+            if opened.is_empty() {
+                return Ok(());
+            }
+            for keys in opened {
                 self.verify_generation(ring.user_id(), &keys).await?;
                 ring.add_old(keys);
-                progressed = true;
-            }
-            if !progressed {
-                return Ok(());
             }
         }
     }
@@ -334,8 +344,12 @@ impl Vault {
         let locator = slot
             .locator
             .ok_or_else(|| VaultError::Tampered(format!("slot {}", slot.slot_id)))?;
-        let mk = primitives::open(kek, &slot_aad(&slot.user_id, &locator, slot.kind, slot.generation), &slot.wrapped)
-            .map_err(|_| VaultError::Tampered(format!("key slot {}", slot.slot_id)))?;
+        let mk = primitives::open(
+            kek,
+            &slot_aad(&slot.user_id, &locator, slot.kind, slot.generation),
+            &slot.wrapped,
+        )
+        .map_err(|_| VaultError::Tampered(format!("key slot {}", slot.slot_id)))?;
         let bytes: [u8; 32] = mk
             .as_slice()
             .try_into()
@@ -352,15 +366,17 @@ impl Vault {
         secret: &[u8],
     ) -> Result<Option<(SlotRow, Secret32)>, VaultError> {
         let Some(account) = account else {
-            let _ = self.stretch(secret, rand::random(), self.config.kdf).await?;
+            let _ = self
+                .stretch(secret, rand::random(), self.config.kdf)
+                .await?;
             return Ok(None);
         };
         let mut costs: Vec<KdfParams> = Vec::new();
         for s in self.store.list_slots(user).await? {
-            if let Some(k) = s.kdf {
-                if !costs.contains(&k) {
-                    costs.push(k);
-                }
+            if let Some(k) = s.kdf
+                && !costs.contains(&k)
+            {
+                costs.push(k);
             }
         }
         if costs.is_empty() {
@@ -379,7 +395,12 @@ impl Vault {
     }
 
     /// Logs in with a username and a typed secret, opening (or joining) the keyring.
-    pub async fn login(&self, name: &str, secret: &str, purpose: Purpose) -> Result<Unlocked, VaultError> {
+    pub async fn login(
+        &self,
+        name: &str,
+        secret: &str,
+        purpose: Purpose,
+    ) -> Result<Unlocked, VaultError> {
         let username = Username::new(name)?;
         let password = Password::new(secret)?;
         let user = self.pepper.user_id(&username);
@@ -415,7 +436,12 @@ impl Vault {
     /// Re-login while unlocked: a keyed hash held only in memory replaces Argon2id. The
     /// slot must still exist and belong to the current generation, so a password changed
     /// or an app password revoked (even by another process) stops working at once.
-    async fn fast_login(&self, user: &UserId, secret: &[u8], purpose: Purpose) -> Result<Option<Unlocked>, VaultError> {
+    async fn fast_login(
+        &self,
+        user: &UserId,
+        secret: &[u8],
+        purpose: Purpose,
+    ) -> Result<Option<Unlocked>, VaultError> {
         let Some((locator, kind, generation)) = self.registry.recall(user, secret) else {
             return Ok(None);
         };
@@ -468,14 +494,25 @@ impl Vault {
         let keys = GenerationKeys::derive(generation, Secret32::random());
         let salt: [u8; 16] = rand::random();
         let mut slots = vec![
-            self.make_slot(&user, salt, password.expose().as_bytes(), SlotKind::Password, &keys, None)
-                .await?,
+            self.make_slot(
+                &user,
+                salt,
+                password.expose().as_bytes(),
+                SlotKind::Password,
+                &keys,
+                None,
+            )
+            .await?,
         ];
         if mode == SecurityMode::Low {
             slots.push(self.escrow_slot(&user, &keys)?);
         }
         let public_key = *keys.public_key().as_bytes();
-        let sealed_name = primitives::seal(self.pepper.directory_key(), &name_aad(&user), username.as_str().as_bytes());
+        let sealed_name = primitives::seal(
+            self.pepper.directory_key(),
+            &name_aad(&user),
+            username.as_str().as_bytes(),
+        );
         let ring = Keyring::new(user, keys);
         let boxes = mailboxes(&ring, &self.pepper);
         let created = now();
@@ -510,13 +547,23 @@ impl Vault {
     }
 
     async fn account(&self, user: &UserId) -> Result<AccountRow, VaultError> {
-        self.store.get_account(user).await?.ok_or(VaultError::NoSuchUser)
+        self.store
+            .get_account(user)
+            .await?
+            .ok_or(VaultError::NoSuchUser)
     }
 
     /// Replaces the password slot of the current generation. Allowed for sessions opened
     /// with the password or the recovery code (which is then used up). No mail is touched.
-    pub async fn change_password(&self, session: &Unlocked, new_password: &str) -> Result<(), VaultError> {
-        if !matches!(session.opened_with(), SlotKind::Password | SlotKind::RecoveryCode) {
+    pub async fn change_password(
+        &self,
+        session: &Unlocked,
+        new_password: &str,
+    ) -> Result<(), VaultError> {
+        if !matches!(
+            session.opened_with(),
+            SlotKind::Password | SlotKind::RecoveryCode
+        ) {
             return Err(VaultError::NotAllowed(
                 "only the account password or the recovery code can change the password",
             ));
@@ -527,7 +574,14 @@ impl Vault {
         let master = session.with(|k| k.current().master().clone())?;
         let keys = GenerationKeys::derive(account.generation, master);
         let slot = self
-            .make_slot(&user, account.kdf_salt, new_password.expose().as_bytes(), SlotKind::Password, &keys, None)
+            .make_slot(
+                &user,
+                account.kdf_salt,
+                new_password.expose().as_bytes(),
+                SlotKind::Password,
+                &keys,
+                None,
+            )
             .await?;
         let remove: Vec<SlotId> = self
             .store
@@ -537,7 +591,8 @@ impl Vault {
             .filter(|s| {
                 s.generation == account.generation
                     && (s.kind == SlotKind::Password
-                        || (s.kind == SlotKind::RecoveryCode && session.opened_with() == SlotKind::RecoveryCode))
+                        || (s.kind == SlotKind::RecoveryCode
+                            && session.opened_with() == SlotKind::RecoveryCode))
             })
             .map(|s| s.slot_id)
             .collect();
@@ -551,13 +606,21 @@ impl Vault {
     }
 
     /// Creates an app password with a label; returns its id and the password (shown once).
-    pub async fn add_app_password(&self, session: &Unlocked, label: &str) -> Result<(SlotId, Zeroizing<String>), VaultError> {
+    pub async fn add_app_password(
+        &self,
+        session: &Unlocked,
+        label: &str,
+    ) -> Result<(SlotId, Zeroizing<String>), VaultError> {
         if session.opened_with() == SlotKind::AppPassword {
-            return Err(VaultError::NotAllowed("an app password cannot create another one"));
+            return Err(VaultError::NotAllowed(
+                "an app password cannot create another one",
+            ));
         }
         let label = label.trim();
         if label.is_empty() || label.len() > 100 || label.chars().any(char::is_control) {
-            return Err(VaultError::NotAllowed("an app password label must be 1 to 100 printable characters"));
+            return Err(VaultError::NotAllowed(
+                "an app password label must be 1 to 100 printable characters",
+            ));
         }
         let user = *session.user_id();
         let account = self.account(&user).await?;
@@ -569,7 +632,14 @@ impl Vault {
         })?;
         let keys = GenerationKeys::derive(account.generation, keys_master);
         let mut slot = self
-            .make_slot(&user, account.kdf_salt, secret.as_bytes(), SlotKind::AppPassword, &keys, Some(sealed_label))
+            .make_slot(
+                &user,
+                account.kdf_salt,
+                secret.as_bytes(),
+                SlotKind::AppPassword,
+                &keys,
+                Some(sealed_label),
+            )
             .await?;
         slot.slot_id = slot_id;
         self.store.replace_slots(&user, vec![slot], vec![]).await?;
@@ -577,7 +647,10 @@ impl Vault {
     }
 
     /// App passwords of the current generation with their labels.
-    pub async fn list_app_passwords(&self, session: &Unlocked) -> Result<Vec<AppPasswordInfo>, VaultError> {
+    pub async fn list_app_passwords(
+        &self,
+        session: &Unlocked,
+    ) -> Result<Vec<AppPasswordInfo>, VaultError> {
         let user = *session.user_id();
         let account = self.account(&user).await?;
         let slots = self.store.list_slots(&user).await?;
@@ -588,7 +661,9 @@ impl Vault {
         {
             let label = match &s.sealed_label {
                 Some(sealed) => {
-                    let plain = session.with(|k| k.open(s.generation, Place::SlotLabel(s.slot_id.as_bytes()), sealed))??;
+                    let plain = session.with(|k| {
+                        k.open(s.generation, Place::SlotLabel(s.slot_id.as_bytes()), sealed)
+                    })??;
                     String::from_utf8_lossy(&plain).into_owned()
                 }
                 None => String::new(),
@@ -604,20 +679,34 @@ impl Vault {
     }
 
     /// Revokes an app password. Needs no key: removing a slot only takes access away.
-    pub async fn revoke_app_password(&self, user: &UserId, slot_id: &SlotId) -> Result<bool, VaultError> {
+    pub async fn revoke_app_password(
+        &self,
+        user: &UserId,
+        slot_id: &SlotId,
+    ) -> Result<bool, VaultError> {
         let slots = self.store.list_slots(user).await?;
-        if !slots.iter().any(|s| &s.slot_id == slot_id && s.kind == SlotKind::AppPassword) {
+        if !slots
+            .iter()
+            .any(|s| &s.slot_id == slot_id && s.kind == SlotKind::AppPassword)
+        {
             return Ok(false);
         }
-        self.store.replace_slots(user, vec![], vec![*slot_id]).await?;
+        self.store
+            .replace_slots(user, vec![], vec![*slot_id])
+            .await?;
         self.registry.forget_secrets(user);
         Ok(true)
     }
 
     /// Makes a new recovery code (shown once), replacing any previous one.
-    pub async fn set_recovery_code(&self, session: &Unlocked) -> Result<Zeroizing<String>, VaultError> {
+    pub async fn set_recovery_code(
+        &self,
+        session: &Unlocked,
+    ) -> Result<Zeroizing<String>, VaultError> {
         if session.opened_with() != SlotKind::Password {
-            return Err(VaultError::NotAllowed("only the account password can make a recovery code"));
+            return Err(VaultError::NotAllowed(
+                "only the account password can make a recovery code",
+            ));
         }
         let user = *session.user_id();
         let account = self.account(&user).await?;
@@ -625,7 +714,14 @@ impl Vault {
         let master = session.with(|k| k.current().master().clone())?;
         let keys = GenerationKeys::derive(account.generation, master);
         let slot = self
-            .make_slot(&user, account.kdf_salt, code.as_bytes(), SlotKind::RecoveryCode, &keys, None)
+            .make_slot(
+                &user,
+                account.kdf_salt,
+                code.as_bytes(),
+                SlotKind::RecoveryCode,
+                &keys,
+                None,
+            )
             .await?;
         let remove = self
             .store
@@ -654,7 +750,9 @@ impl Vault {
     /// key; high deletes it (backups taken earlier still hold it).
     pub async fn set_mode(&self, session: &Unlocked, mode: SecurityMode) -> Result<(), VaultError> {
         if session.opened_with() != SlotKind::Password {
-            return Err(VaultError::NotAllowed("only the account password can change the security mode"));
+            return Err(VaultError::NotAllowed(
+                "only the account password can change the security mode",
+            ));
         }
         let user = *session.user_id();
         let escrow = match mode {
@@ -673,7 +771,12 @@ impl Vault {
     /// Reset for a user who lost every secret: a new keyring generation with a new
     /// password and fresh mailboxes. Mail sealed under older generations is kept, sealed,
     /// and reopens with an old password through [`Vault::reopen`].
-    pub async fn reset<F>(&self, name: &str, new_password: &str, mailboxes: F) -> Result<Unlocked, VaultError>
+    pub async fn reset<F>(
+        &self,
+        name: &str,
+        new_password: &str,
+        mailboxes: F,
+    ) -> Result<Unlocked, VaultError>
     where
         F: FnOnce(&Keyring, &Pepper) -> Vec<NewMailbox>,
     {
@@ -687,13 +790,20 @@ impl Vault {
         let generation = Generation(account.generation.0 + 1);
         let keys = GenerationKeys::derive(generation, Secret32::random());
         let slot = self
-            .make_slot(&user, account.kdf_salt, new_password.expose().as_bytes(), SlotKind::Password, &keys, None)
+            .make_slot(
+                &user,
+                account.kdf_salt,
+                new_password.expose().as_bytes(),
+                SlotKind::Password,
+                &keys,
+                None,
+            )
             .await?;
-        if let Some(locator) = slot.locator {
-            if self.store.find_slot(&user, &locator).await?.is_some() {
-                // The "forgotten" password still opens a keyring: no reset, tell the user.
-                return Err(VaultError::SecretInUse);
-            }
+        if let Some(locator) = slot.locator
+            && self.store.find_slot(&user, &locator).await?.is_some()
+        {
+            // The "forgotten" password still opens a keyring: no reset, tell the user.
+            return Err(VaultError::SecretInUse);
         }
         let mut slots = vec![slot];
         if account.mode == SecurityMode::Low {
@@ -723,7 +833,11 @@ impl Vault {
     /// Reopens mail sealed before a reset: `old_secret` (a password, app password or
     /// recovery code of an older generation) opens that generation's master key, which is
     /// then sealed under the current one. Returns the generation reopened.
-    pub async fn reopen(&self, session: &Unlocked, old_secret: &str) -> Result<Generation, VaultError> {
+    pub async fn reopen(
+        &self,
+        session: &Unlocked,
+        old_secret: &str,
+    ) -> Result<Generation, VaultError> {
         let old_secret = Password::new(old_secret)?;
         let user = *session.user_id();
         let account = self.account(&user).await?;
@@ -741,7 +855,11 @@ impl Vault {
         self.verify_generation(&user, &old_keys).await?;
         let current = session.with(|k| k.current().master().clone())?;
         let key = hkdf32(current.expose(), None, b"coffer/link");
-        let wrapped = primitives::seal(&key, &link_aad(&user, slot.generation, account.generation), old_keys.master().expose());
+        let wrapped = primitives::seal(
+            &key,
+            &link_aad(&user, slot.generation, account.generation),
+            old_keys.master().expose(),
+        );
         self.store
             .put_link(KeyringLinkRow {
                 user_id: user,
@@ -752,31 +870,15 @@ impl Vault {
             .await?;
         let reopened = slot.generation;
         session.with_mut(|k| k.add_old(old_keys))?;
-        // Older links (generation before `reopened`) become reachable too.
-        let mut extra = Vec::new();
-        {
-            let links = self.store.list_links(&user).await?;
-            for link in links {
-                if link.sealed_under == reopened {
-                    extra.push(link);
-                }
+        // Generations linked under the reopened one become reachable too.
+        let links = self.store.list_links(&user).await?;
+        loop {
+            let opened = session.with(|k| open_links_once(k, &links))??;
+            if opened.is_empty() {
+                break;
             }
-        }
-        if !extra.is_empty() {
-            let mut tmp_ring_gens: Vec<GenerationKeys> = Vec::new();
-            for link in extra {
-                let m = session.with(|k| k.generations().any(|g| g == link.generation))?;
-                if m {
-                    continue;
-                }
-                let under = session.with(|k| ring_master(k, link.sealed_under).map(|m| m.clone()))??;
-                let key = hkdf32(under.expose(), None, b"coffer/link");
-                let mk = primitives::open(&key, &link_aad(&user, link.generation, link.sealed_under), &link.wrapped)
-                    .map_err(|_| VaultError::Tampered(format!("keyring link {} of user {user}", link.generation)))?;
-                let bytes: [u8; 32] = mk.as_slice().try_into().map_err(|_| VaultError::Tampered("link length".into()))?;
-                tmp_ring_gens.push(GenerationKeys::derive(link.generation, Secret32::new(bytes)));
-            }
-            for keys in tmp_ring_gens {
+            for keys in opened {
+                self.verify_generation(&user, &keys).await?;
                 session.with_mut(|k| k.add_old(keys))?;
             }
         }
@@ -785,7 +887,12 @@ impl Vault {
 
     /// Operator recovery of a low-security account: the escrow slot opened with the
     /// offline recovery key, a new password set. No mail is re-encrypted.
-    pub async fn recover(&self, name: &str, recovery_key: &RecoverySecretKey, new_password: &str) -> Result<Unlocked, VaultError> {
+    pub async fn recover(
+        &self,
+        name: &str,
+        recovery_key: &RecoverySecretKey,
+        new_password: &str,
+    ) -> Result<Unlocked, VaultError> {
         let username = Username::new(name)?;
         let new_password = Password::new_account_password(new_password)?;
         let user = self.pepper.user_id(&username);
@@ -813,9 +920,13 @@ impl Vault {
         if payload.len() != expect_len
             || &payload[..ESCROW_MAGIC.len()] != ESCROW_MAGIC
             || &payload[ESCROW_MAGIC.len()..ESCROW_MAGIC.len() + 32] != user.as_bytes()
-            || payload[ESCROW_MAGIC.len() + 32..ESCROW_MAGIC.len() + 36] != account.generation.0.to_be_bytes()
+            || payload[ESCROW_MAGIC.len() + 32..ESCROW_MAGIC.len() + 36]
+                != account.generation.0.to_be_bytes()
         {
-            return Err(VaultError::Tampered(format!("escrow slot {}", escrow.slot_id)));
+            return Err(VaultError::Tampered(format!(
+                "escrow slot {}",
+                escrow.slot_id
+            )));
         }
         let mut mk = [0u8; 32];
         mk.copy_from_slice(&payload[expect_len - 32..]);
@@ -824,7 +935,14 @@ impl Vault {
         let keys = GenerationKeys::derive(account.generation, master.clone());
         self.verify_generation(&user, &keys).await?;
         let slot = self
-            .make_slot(&user, account.kdf_salt, new_password.expose().as_bytes(), SlotKind::Password, &keys, None)
+            .make_slot(
+                &user,
+                account.kdf_salt,
+                new_password.expose().as_bytes(),
+                SlotKind::Password,
+                &keys,
+                None,
+            )
             .await?;
         let remove = self
             .store
@@ -857,9 +975,13 @@ impl Vault {
         Ok(rows
             .into_iter()
             .map(|a| {
-                let name = primitives::open(self.pepper.directory_key(), &name_aad(&a.user_id), &a.sealed_name)
-                    .ok()
-                    .and_then(|n| String::from_utf8(n.to_vec()).ok());
+                let name = primitives::open(
+                    self.pepper.directory_key(),
+                    &name_aad(&a.user_id),
+                    &a.sealed_name,
+                )
+                .ok()
+                .and_then(|n| String::from_utf8(n.to_vec()).ok());
                 UserSummary {
                     user_id: a.user_id,
                     name,
@@ -883,7 +1005,37 @@ impl Vault {
     }
 }
 
-fn ring_master(ring: &Keyring, g: Generation) -> Result<&Secret32, VaultError> {
-    ring.master_of(g)
-        .ok_or_else(|| VaultError::Internal(format!("generation {g} not open")))
+/// Master keys of the generations that `links` make reachable from `ring` and that
+/// `ring` does not hold yet.
+fn open_links_once(
+    ring: &Keyring,
+    links: &[KeyringLinkRow],
+) -> Result<Vec<GenerationKeys>, VaultError> {
+    let user = ring.user_id();
+    let mut out: Vec<GenerationKeys> = Vec::new();
+    for link in links {
+        if ring.has_generation(link.generation)
+            || out.iter().any(|k| k.generation() == link.generation)
+        {
+            continue;
+        }
+        let Some(under) = ring.master_of(link.sealed_under) else {
+            continue;
+        };
+        let key = hkdf32(under.expose(), None, b"coffer/link");
+        let tampered =
+            || VaultError::Tampered(format!("keyring link {} of user {user}", link.generation));
+        let master = primitives::open(
+            &key,
+            &link_aad(user, link.generation, link.sealed_under),
+            &link.wrapped,
+        )
+        .map_err(|_| tampered())?;
+        let bytes: [u8; 32] = master.as_slice().try_into().map_err(|_| tampered())?;
+        out.push(GenerationKeys::derive(
+            link.generation,
+            Secret32::new(bytes),
+        ));
+    }
+    Ok(out)
 }

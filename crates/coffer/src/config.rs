@@ -104,7 +104,9 @@ pub struct Log {
 
 impl Default for Log {
     fn default() -> Self {
-        Log { level: "info".into() }
+        Log {
+            level: "info".into(),
+        }
     }
 }
 
@@ -114,11 +116,19 @@ pub const CALIBRATED_PROFILE: &str = "calibrated";
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let mut cfg: Config = toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut cfg: Config =
+            toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))?;
         cfg.base = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."))
             .to_path_buf();
         cfg.validate(path)?;
@@ -128,14 +138,21 @@ impl Config {
     fn validate(&self, path: &Path) -> Result<()> {
         match self.kdf.profile.as_str() {
             CALIBRATED_PROFILE | INSECURE_PROFILE => {}
-            other => bail!("{}: [kdf] profile must be \"calibrated\" or \"{INSECURE_PROFILE}\", not {other:?}", path.display()),
+            other => bail!(
+                "{}: [kdf] profile must be \"calibrated\" or \"{INSECURE_PROFILE}\", not {other:?}",
+                path.display()
+            ),
         }
-        coffer_vault::kdf::validate(&self.kdf_params()).with_context(|| format!("{}: [kdf]", path.display()))?;
+        coffer_vault::kdf::validate(&self.kdf_params())
+            .with_context(|| format!("{}: [kdf]", path.display()))?;
         if self.kdf.concurrency == 0 {
             bail!("{}: [kdf] concurrency must be at least 1", path.display());
         }
         if self.limits.max_message_bytes == 0 {
-            bail!("{}: [limits] max_message_bytes must be positive", path.display());
+            bail!(
+                "{}: [limits] max_message_bytes must be positive",
+                path.display()
+            );
         }
         if !self.recovery.public_key.trim().is_empty() {
             coffer_vault::RecoveryPublicKey::parse(&self.recovery.public_key)
@@ -145,7 +162,11 @@ impl Config {
     }
 
     pub fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() { p.to_path_buf() } else { self.base.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -15,7 +15,12 @@ use std::path::PathBuf;
 #[command(name = "coffer", version, about, long_about = None)]
 struct Cli {
     /// Config file; created with defaults on first start.
-    #[arg(long, global = true, env = "COFFER_CONFIG", default_value = "coffer.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "COFFER_CONFIG",
+        default_value = "coffer.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -84,8 +89,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -93,7 +102,11 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Init { kdf_profile } => {
             let env = setup::open_or_init(&cli.config, Some(&kdf_profile), false).await?;
             if !env.created {
-                eprintln!("Coffer is already set up at {} (data in {}).", cli.config.display(), env.cfg.data_dir().display());
+                eprintln!(
+                    "Coffer is already set up at {} (data in {}).",
+                    cli.config.display(),
+                    env.cfg.data_dir().display()
+                );
             }
             Ok(())
         }
@@ -106,7 +119,10 @@ async fn run(cli: Cli) -> Result<()> {
             let env = setup::open_or_init(&cli.config, None, false).await?;
             user::generate_recovery_key(&env, &out)
         }
-        Command::Check { user, password_stdin } => {
+        Command::Check {
+            user,
+            password_stdin,
+        } => {
             let env = setup::open_or_init(&cli.config, None, false).await?;
             user::check(&env, user.as_deref(), password_stdin).await
         }
@@ -118,7 +134,11 @@ async fn serve(config: &std::path::Path) -> Result<()> {
     init_logging(&env.cfg.log.level);
     let _lock = setup::lock_data_dir(&env.cfg.data_dir())?;
     use coffer_store::Store;
-    let swept = env.store.sweep_orphans(600).await.context("sweeping unreferenced blobs")?;
+    let swept = env
+        .store
+        .sweep_orphans(600)
+        .await
+        .context("sweeping unreferenced blobs")?;
     tracing::info!(swept, data_dir = %env.cfg.data_dir().display(), "coffer serving");
     eprintln!(
         "coffer serve: running on {} (pid {}). Stop with Ctrl-C or SIGTERM.",
@@ -133,7 +153,8 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             registry.sweep();
         }
     });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

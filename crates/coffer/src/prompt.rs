@@ -16,10 +16,14 @@ impl Secrets {
     }
 
     fn next_line(&mut self, what: &str) -> Result<Zeroizing<String>> {
-        let lines = self.lines.get_or_insert_with(|| std::io::stdin().lock().lines());
+        let lines = self
+            .lines
+            .get_or_insert_with(|| std::io::stdin().lock().lines());
         match lines.next() {
             Some(line) => {
-                let line = Zeroizing::new(line.with_context(|| format!("reading {what} from standard input (must be UTF-8)"))?);
+                let line = Zeroizing::new(line.with_context(|| {
+                    format!("reading {what} from standard input (must be UTF-8)")
+                })?);
                 Ok(Zeroizing::new(line.trim_end_matches('\r').to_string()))
             }
             None => bail!("standard input ended before the {what} line"),
@@ -31,8 +35,11 @@ impl Secrets {
         if self.stdin {
             return self.next_line(what);
         }
-        let p = rpassword::prompt_password(format!("{what}: "))
-            .with_context(|| format!("reading the {what} from the terminal (use --password-stdin without a terminal)"))?;
+        let p = rpassword::prompt_password(format!("{what}: ")).with_context(|| {
+            format!(
+                "reading the {what} from the terminal (use --password-stdin without a terminal)"
+            )
+        })?;
         Ok(Zeroizing::new(p))
     }
 
@@ -43,7 +50,8 @@ impl Secrets {
         }
         let first = self.existing(what)?;
         let second = Zeroizing::new(
-            rpassword::prompt_password(format!("{what} (again): ")).with_context(|| format!("reading the {what} from the terminal"))?,
+            rpassword::prompt_password(format!("{what} (again): "))
+                .with_context(|| format!("reading the {what} from the terminal"))?,
         );
         if *first != *second {
             bail!("the two entries of the {what} differ; nothing was changed");

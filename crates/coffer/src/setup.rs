@@ -38,7 +38,8 @@ pub fn harden_process() -> Result<()> {
         },
     )
     .context("disabling core dumps (RLIMIT_CORE)")?;
-    set_dumpable_behavior(DumpableBehavior::NotDumpable).context("marking the process non-dumpable (PR_SET_DUMPABLE)")?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .context("marking the process non-dumpable (PR_SET_DUMPABLE)")?;
     Ok(())
 }
 
@@ -51,9 +52,11 @@ pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool
         let (memory, time) = match profile {
             config::CALIBRATED_PROFILE => {
                 let memory = coffer_vault::kdf::DEFAULT_MEMORY_KIB;
-                let (params, took) = tokio::task::spawn_blocking(move || coffer_vault::kdf::calibrate(memory, coffer_vault::kdf::TARGET))
-                    .await
-                    .context("calibration task")??;
+                let (params, took) = tokio::task::spawn_blocking(move || {
+                    coffer_vault::kdf::calibrate(memory, coffer_vault::kdf::TARGET)
+                })
+                .await
+                .context("calibration task")??;
                 if !quiet {
                     eprintln!(
                         "Calibrated Argon2id: {} MiB, time cost {}, {} ms per derivation on this machine.",
@@ -65,13 +68,17 @@ pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool
                 (params.memory_kib, params.time_cost)
             }
             config::INSECURE_PROFILE => (coffer_vault::kdf::INSECURE_TEST_PARAMS.memory_kib, 1),
-            other => bail!("unknown --kdf-profile {other:?}: use calibrated or {}", config::INSECURE_PROFILE),
+            other => bail!(
+                "unknown --kdf-profile {other:?}: use calibrated or {}",
+                config::INSECURE_PROFILE
+            ),
         };
-        let concurrency = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-        if let Some(parent) = config_path.parent() {
-            if !parent.as_os_str().is_empty() {
-                fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-            }
+        let concurrency = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(1, 8);
+        if let Some(parent) = config_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         let text = config::template(profile, memory, time, concurrency);
         let mut f = fs::OpenOptions::new()
@@ -80,7 +87,8 @@ pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool
             .mode(0o640)
             .open(config_path)
             .with_context(|| format!("creating config {}", config_path.display()))?;
-        std::io::Write::write_all(&mut f, text.as_bytes()).with_context(|| format!("writing config {}", config_path.display()))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())
+            .with_context(|| format!("writing config {}", config_path.display()))?;
         created = true;
     }
     let cfg = Config::load(config_path)?;
@@ -96,21 +104,30 @@ pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool
     };
     if has_data {
         // Verify before anything is written: a wrong pepper changes nothing.
-        let store = SqliteStore::open(&data_dir).with_context(|| format!("opening data directory {}", data_dir.display()))?;
+        let store = SqliteStore::open(&data_dir)
+            .with_context(|| format!("opening data directory {}", data_dir.display()))?;
         match store.get_meta(PEPPER_CHECK_KEY).await? {
             Some(check) => pepper.verify(&check)?,
             None => {
                 if !store.list_accounts().await?.is_empty() {
-                    bail!("data directory {} has accounts but no pepper check value; refusing to guess", data_dir.display());
+                    bail!(
+                        "data directory {} has accounts but no pepper check value; refusing to guess",
+                        data_dir.display()
+                    );
                 }
             }
         }
     }
-    fs::create_dir_all(&data_dir).with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700)).with_context(|| format!("setting mode of {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir).with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode of {}", data_dir.display()))?;
+    let store = SqliteStore::open(&data_dir)
+        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
     if store.get_meta(PEPPER_CHECK_KEY).await?.is_none() {
-        store.set_meta(PEPPER_CHECK_KEY, &pepper.check_value()).await?;
+        store
+            .set_meta(PEPPER_CHECK_KEY, &pepper.check_value())
+            .await?;
     }
     if ensure_certificate(&cfg)? {
         created = true;
@@ -156,8 +173,12 @@ fn ensure_certificate(cfg: &Config) -> Result<bool> {
             key.display()
         ),
     }
-    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])
-        .context("generating a self-signed certificate")?;
+    let generated = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .context("generating a self-signed certificate")?;
     for p in [&cert, &key] {
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -169,8 +190,10 @@ fn ensure_certificate(cfg: &Config) -> Result<bool> {
         .mode(0o600)
         .open(&key)
         .with_context(|| format!("creating {}", key.display()))?;
-    std::io::Write::write_all(&mut kf, generated.signing_key.serialize_pem().as_bytes()).with_context(|| format!("writing {}", key.display()))?;
-    fs::write(&cert, generated.cert.pem()).with_context(|| format!("writing {}", cert.display()))?;
+    std::io::Write::write_all(&mut kf, generated.signing_key.serialize_pem().as_bytes())
+        .with_context(|| format!("writing {}", key.display()))?;
+    fs::write(&cert, generated.cert.pem())
+        .with_context(|| format!("writing {}", cert.display()))?;
     Ok(true)
 }
 
