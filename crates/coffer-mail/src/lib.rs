@@ -8,10 +8,12 @@
 //! user is away").
 #![forbid(unsafe_code)]
 
+mod changes;
 pub mod codec;
 mod deliver;
 mod error;
 
+pub use changes::Changes;
 pub use codec::{MailboxInfo, MessageMeta};
 pub use deliver::{Delivered, deliver};
 pub use error::MailError;
@@ -137,6 +139,15 @@ fn new_mailbox_row(
 pub struct Mail {
     vault: Arc<Vault>,
     max_message_bytes: u64,
+    changes: Arc<Changes>,
+}
+
+/// Flags of one message as a selected-mailbox view needs them (no metadata decrypted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagsEntry {
+    pub uid: Uid,
+    pub modseq: ModSeq,
+    pub flags: Vec<Flag>,
 }
 
 impl Mail {
@@ -144,7 +155,78 @@ impl Mail {
         Mail {
             vault,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            changes: Arc::new(Changes::default()),
         }
+    }
+
+    /// The change notifications of this process.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
+    }
+
+    fn changed(&self, session: &Unlocked, mailbox: MailboxId) {
+        self.changes.notify(session.user_id(), mailbox);
+    }
+
+    /// Delivers to a user who may be away (see [`deliver`]) and tells their sessions.
+    pub async fn deliver(
+        &self,
+        user: &UserId,
+        mailbox: Option<&MailboxName>,
+        body: &[u8],
+        date: InternalDate,
+    ) -> Result<Delivered> {
+        if body.len() as u64 > self.max_message_bytes {
+            return Err(MailError::TooLarge(self.max_message_bytes));
+        }
+        let d = deliver(
+            self.store().as_ref(),
+            self.vault.pepper(),
+            user,
+            mailbox,
+            body,
+            date,
+        )
+        .await?;
+        self.changes.notify(user, d.mailbox);
+        Ok(d)
+    }
+
+    /// UIDs, MODSEQs and flags of a mailbox, decrypting only the flags: what SELECT and the
+    /// change checks of an open mailbox need.
+    pub async fn flags_view(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+    ) -> Result<Vec<FlagsEntry>> {
+        let rows = self
+            .store()
+            .list_messages(session.user_id(), mailbox)
+            .await?;
+        session.with(|k| -> Result<Vec<FlagsEntry>> {
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let g = row.seal.generation();
+                if !k.has_generation(g) {
+                    continue;
+                }
+                let flags = match &row.sealed_flags {
+                    Some(f) => {
+                        let plain = k.open(g, Place::MessageFlags(row.msg_id.as_bytes()), f)?;
+                        codec::decode_flags(&plain).map_err(|_| {
+                            MailError::Tampered(format!("flags of message {}", row.msg_id))
+                        })?
+                    }
+                    None => Vec::new(),
+                };
+                out.push(FlagsEntry {
+                    uid: row.uid,
+                    modseq: row.modseq,
+                    flags,
+                });
+            }
+            Ok(out)
+        })?
     }
 
     pub fn with_max_message_bytes(mut self, max: u64) -> Self {
@@ -398,6 +480,8 @@ impl Mail {
         self.store()
             .delete_mailbox(session.user_id(), mb.id)
             .await?;
+        // Sessions that have it selected learn that it is gone.
+        self.changed(session, mb.id);
         Ok(())
     }
 
@@ -467,6 +551,7 @@ impl Mail {
                 }],
             )
             .await?;
+        self.changed(session, mailbox);
         Ok((uids[0], modseq))
     }
 
@@ -639,10 +724,14 @@ impl Mail {
         if changes.is_empty() {
             return Ok(FlagUpdate::default());
         }
-        Ok(self
+        let update = self
             .store()
             .set_flags(session.user_id(), mailbox, changes, unchanged_since)
-            .await?)
+            .await?;
+        if !update.changed.is_empty() {
+            self.changed(session, mailbox);
+        }
+        Ok(update)
     }
 
     /// Removes the given messages. Returns the UIDs removed and the new MODSEQ.
@@ -652,10 +741,14 @@ impl Mail {
         mailbox: MailboxId,
         uids: Vec<Uid>,
     ) -> Result<(Vec<Uid>, Option<ModSeq>)> {
-        Ok(self
+        let result = self
             .store()
             .expunge(session.user_id(), mailbox, uids)
-            .await?)
+            .await?;
+        if !result.0.is_empty() {
+            self.changed(session, mailbox);
+        }
+        Ok(result)
     }
 
     /// Removes every message flagged \Deleted (EXPUNGE, CLOSE).
@@ -731,6 +824,7 @@ impl Mail {
             return Ok(Vec::new());
         }
         let (new_uids, _) = self.store().append(session.user_id(), to, news).await?;
+        self.changed(session, to);
         Ok(sources.into_iter().zip(new_uids).collect())
     }
 
@@ -742,10 +836,15 @@ impl Mail {
         uids: &[Uid],
         to: MailboxId,
     ) -> Result<Vec<(Uid, Uid)>> {
-        Ok(self
+        let pairs = self
             .store()
             .move_messages(session.user_id(), from, uids.to_vec(), to)
-            .await?)
+            .await?;
+        if !pairs.is_empty() {
+            self.changed(session, from);
+            self.changed(session, to);
+        }
+        Ok(pairs)
     }
 
     /// Reopens mail from before a reset with an old secret: the old keyring is linked to

@@ -90,11 +90,13 @@ impl Unlocked {
     }
 
     /// Another session on the same keyring (a new IMAP connection of the same user).
+    /// Fails once this keyring was locked, even if the user has unlocked a new one since:
+    /// a wiped session must never reach keys it did not open.
     pub fn another_session(&self) -> Result<Unlocked, Locked> {
         let reg = Registry {
             inner: self.registry.clone(),
         };
-        reg.join(&self.cell.user, self.opened_with)
+        reg.join_cell(&self.cell, self.opened_with)
     }
 }
 
@@ -184,6 +186,25 @@ impl Registry {
             registry: self.inner.clone(),
             opened_with,
         }
+    }
+
+    fn join_cell(
+        &self,
+        cell: &Arc<KeyringCell>,
+        opened_with: SlotKind,
+    ) -> Result<Unlocked, Locked> {
+        let mut entries = self.entries();
+        let e = entries.get_mut(&cell.user).ok_or(Locked)?;
+        if !Arc::ptr_eq(&e.cell, cell) {
+            return Err(Locked);
+        }
+        e.sessions += 1;
+        e.idle_since = None;
+        Ok(Unlocked {
+            cell: e.cell.clone(),
+            registry: self.inner.clone(),
+            opened_with,
+        })
     }
 
     fn join(&self, user: &UserId, opened_with: SlotKind) -> Result<Unlocked, Locked> {

