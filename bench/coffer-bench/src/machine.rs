@@ -123,6 +123,14 @@ impl Machine {
     }
 }
 
+/// The 1, 5 and 15 minute load averages, to show whether something else ran meanwhile.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Filesystem type and mount point holding `path`, from /proc/mounts (longest prefix).
 pub fn filesystem_of(path: &Path) -> String {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());

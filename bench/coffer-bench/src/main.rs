@@ -68,7 +68,7 @@ struct Cli {
     /// Time budget per sealing case, all rounds together, in seconds [default: 2; smoke: 0.05]
     #[arg(long, value_name = "SECONDS")]
     seal_seconds: Option<f64>,
-    /// Store runs, each in a fresh store [default: 3; smoke: 1]
+    /// Store runs, each in a fresh store [default: 5; smoke: 1]
     #[arg(long, value_name = "N")]
     store_runs: Option<usize>,
     /// Sequential appends per store run [default: 500; smoke: 10]
@@ -83,6 +83,12 @@ struct Cli {
     /// Sequential deliveries per store run [default: 500; smoke: 10]
     #[arg(long, value_name = "N")]
     deliveries: Option<usize>,
+}
+
+/// `bench/` of the checkout this binary was built from.
+fn bench_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
 }
 
 /// Every parameter of a run, after defaults and `--smoke`.
@@ -112,11 +118,7 @@ impl Settings {
         let appends = pick(cli.appends, 500, 10);
         let s = Settings {
             smoke,
-            out: cli.out.unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("..")
-                    .join("results")
-            }),
+            out: cli.out.unwrap_or_else(|| bench_dir().join("results")),
             tmp_dir: cli.tmp_dir.unwrap_or_else(std::env::temp_dir),
             kdf_memory_kib: cli.kdf_memory_kib.unwrap_or(if smoke {
                 8 * 1024
@@ -134,7 +136,7 @@ impl Settings {
             derivations: pick(cli.derivations, 5, 2),
             rounds: pick(cli.rounds, 5, 2),
             seal_budget: Duration::from_secs_f64(seal_seconds),
-            store_runs: pick(cli.store_runs, 3, 1),
+            store_runs: pick(cli.store_runs, 5, 1),
             store: StoreSettings {
                 appends,
                 concurrent_appends: pick(cli.concurrent_appends, 500, 10),
@@ -329,7 +331,12 @@ fn bench_store(s: &Settings, rows: &mut Vec<Row>) -> Result<(), BoxError> {
             s.store.tasks,
             s.store.deliveries
         );
-        runs.push(runtime.block_on(store::run(&s.tmp_dir, &s.store, body.clone()))?);
+        let run = runtime.block_on(store::run(&s.tmp_dir, &s.store, body.clone()))?;
+        eprintln!(
+            "  sequential {:.0} msgs/s, concurrent {:.0} msgs/s, delivery {:.0} msgs/s",
+            run.sequential_rate, run.concurrent_rate, run.delivery_rate
+        );
+        runs.push(run);
     }
     let name = size_name(SMALL);
     let n = s.store_runs;
@@ -408,6 +415,7 @@ fn bench_store(s: &Settings, rows: &mut Vec<Row>) -> Result<(), BoxError> {
 fn run(s: &Settings) -> Result<(), BoxError> {
     std::fs::create_dir_all(&s.tmp_dir)?;
     let machine = Machine::describe(Path::new(env!("CARGO_MANIFEST_DIR")));
+    let load_before = machine::load_average();
     let mut rows = Vec::new();
     bench_kdf(s, &mut rows)?;
     bench_seal(s, SMALL, &mut rows)?;
@@ -421,6 +429,10 @@ fn run(s: &Settings) -> Result<(), BoxError> {
     };
     let notes = vec![
         ("mode".to_string(), mode.to_string()),
+        (
+            "load average (1/5/15 min)".to_string(),
+            format!("{load_before} before, {} after", machine::load_average()),
+        ),
         (
             "store directory".to_string(),
             format!(

@@ -26,11 +26,11 @@ impl Changes {
 
     pub fn notify(&self, user: &UserId, mailbox: MailboxId) {
         let mut map = self.senders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = map.get(user) {
-            if tx.send(mailbox).is_err() {
-                // Nobody listens any more.
-                map.remove(user);
-            }
+        if let Some(tx) = map.get(user)
+            && tx.send(mailbox).is_err()
+        {
+            // Nobody listens any more.
+            map.remove(user);
         }
     }
 }

@@ -70,6 +70,9 @@ impl MailboxInfo {
         out.push(self.subscribed as u8);
         out.push(self.special_use.map(|s| s.code()).unwrap_or(0));
         out.extend_from_slice(self.name.as_str().as_bytes());
+        // Zero padding to a multiple of 32 bytes hides the exact name length; names
+        // cannot contain NUL (MailboxName refuses control characters).
+        out.resize(out.len().div_ceil(32) * 32, 0);
         out
     }
 
@@ -90,7 +93,11 @@ impl MailboxInfo {
             0 => None,
             c => Some(SpecialUse::from_code(c).ok_or(err("mailbox"))?),
         };
-        let name = std::str::from_utf8(r.buf).map_err(|_| err("mailbox"))?;
+        let end = r.buf.iter().position(|b| *b == 0).unwrap_or(r.buf.len());
+        if r.buf[end..].iter().any(|b| *b != 0) {
+            return Err(err("mailbox"));
+        }
+        let name = std::str::from_utf8(&r.buf[..end]).map_err(|_| err("mailbox"))?;
         let name = MailboxName::new(name).map_err(|_| err("mailbox"))?;
         Ok(MailboxInfo {
             name,
@@ -187,6 +194,9 @@ pub fn decode_flags(b: &[u8]) -> Result<Vec<Flag>, DecodeError> {
         return Err(err("flags"));
     }
     let bits = r.u8()?;
+    if bits & !31 != 0 {
+        return Err(err("flags"));
+    }
     let mut out = Vec::new();
     for (bit, flag) in [
         (1, Flag::Seen),

@@ -104,6 +104,10 @@ pub fn default_mailboxes(ring: &Keyring, pepper: &Pepper) -> Vec<NewMailbox> {
             Some(role),
         ));
     }
+    // Random creation order: row ids and UIDVALIDITYs then say nothing about which
+    // mailbox is Sent or Junk.
+    use rand::seq::SliceRandom;
+    specs.shuffle(&mut rand::rngs::OsRng);
     specs
         .into_iter()
         .map(|(name, special_use)| new_mailbox_row(ring, pepper, name, special_use, true))
@@ -485,6 +489,22 @@ impl Mail {
         Ok(())
     }
 
+    /// Sets or clears a mailbox's special-use role (RFC 6154 CREATE-SPECIAL-USE).
+    pub async fn set_special_use(
+        &self,
+        session: &Unlocked,
+        name: &MailboxName,
+        special_use: Option<SpecialUse>,
+    ) -> Result<()> {
+        let mb = self.require(session, name).await?;
+        let info = MailboxInfo {
+            name: mb.name,
+            special_use,
+            subscribed: mb.subscribed,
+        };
+        self.write_info(session, mb.id, &info).await
+    }
+
     pub async fn set_subscribed(
         &self,
         session: &Unlocked,
@@ -524,14 +544,13 @@ impl Mail {
         let (generation, sealed_body, sealed_meta, sealed_flags) = session.with(|k| {
             let (g, sealed_body) = k.seal_body(&blob_id, body);
             let (_, meta) = k.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());
-            let flags = (!flags.is_empty()).then(|| {
-                k.seal(
-                    Place::MessageFlags(msg_id.as_bytes()),
-                    &codec::encode_flags(flags),
-                )
-                .1
-            });
-            (g, sealed_body, meta, flags)
+            // Flags are sealed even when empty, so a copy of the store cannot tell unread
+            // mail from read mail by a missing column.
+            let (_, flags) = k.seal(
+                Place::MessageFlags(msg_id.as_bytes()),
+                &codec::encode_flags(flags),
+            );
+            (g, sealed_body, meta, Some(flags))
         })?;
         let blob_len = sealed_body.len() as u64;
         let user = *session.user_id();
@@ -630,15 +649,24 @@ impl Mail {
             internal_date: m.internal_date,
             tz_offset_minutes: m.tz_offset_minutes,
         };
-        let sealed = session
-            .with(|k| k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode()))??;
+        let (sealed, empty_flags) = session.with(|k| -> Result<_> {
+            let meta = k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode())?;
+            let flags = k.seal_in(
+                g,
+                Place::MessageFlags(m.msg_id.as_bytes()),
+                &codec::encode_flags(&[]),
+            )?;
+            Ok((meta, flags))
+        })??;
+        // Changes only a row still sealed by delivery, and never overwrites flags that
+        // another session stored meanwhile.
         self.store()
             .reseal_message(
                 session.user_id(),
                 &m.msg_id,
                 SealRef::IndexKey(g),
                 sealed,
-                None,
+                empty_flags,
             )
             .await?;
         Ok(())
@@ -799,16 +827,12 @@ impl Mail {
             };
             let (sealed_meta, sealed_flags) = session.with(|k| -> Result<_> {
                 let meta = k.seal_in(g, Place::MessageMeta(new_id.as_bytes()), &meta.encode())?;
-                let flags = if m.flags.is_empty() {
-                    None
-                } else {
-                    Some(k.seal_in(
-                        g,
-                        Place::MessageFlags(new_id.as_bytes()),
-                        &codec::encode_flags(&m.flags),
-                    )?)
-                };
-                Ok((meta, flags))
+                let flags = k.seal_in(
+                    g,
+                    Place::MessageFlags(new_id.as_bytes()),
+                    &codec::encode_flags(&m.flags),
+                )?;
+                Ok((meta, Some(flags)))
             })??;
             news.push(NewMessage {
                 msg_id: new_id,

@@ -358,21 +358,86 @@ async fn flags_and_condstore(store: &dyn Store) {
         .unwrap();
     assert!(missing.changed.is_empty() && missing.skipped.is_empty());
 
-    store
+    // A row sealed under the index key is not "resealed".
+    let changed = store
         .reseal_message(
             &u,
             &m1.msg_id,
             SealRef::IndexKey(Generation(1)),
             vec![8; 10],
-            Some(vec![3]),
+            vec![3],
         )
         .await
         .unwrap();
-    let m1b = store.get_message(&u, inbox, uid1).await.unwrap().unwrap();
+    assert!(!changed);
     assert_eq!(
-        (m1b.sealed_meta, m1b.sealed_flags, m1b.modseq),
-        (vec![8; 10], Some(vec![3]), ms)
+        store
+            .get_message(&u, inbox, uid1)
+            .await
+            .unwrap()
+            .unwrap()
+            .sealed_meta,
+        m1.sealed_meta
     );
+
+    // A delivered row: resealed once; flags set only if none were stored meanwhile.
+    let delivered = NewMessage {
+        seal: SealRef::PublicKey(Generation(1)),
+        ..message()
+    };
+    store
+        .put_blob(&u, &delivered.blob_id, b"ciphertext!".to_vec())
+        .await
+        .unwrap();
+    let (d_uids, _) = store
+        .append(&u, inbox, vec![delivered.clone()])
+        .await
+        .unwrap();
+    store
+        .set_flags(&u, inbox, vec![(d_uids[0], vec![42])], None)
+        .await
+        .unwrap();
+    let before = store
+        .get_message(&u, inbox, d_uids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = store
+        .reseal_message(
+            &u,
+            &delivered.msg_id,
+            SealRef::IndexKey(Generation(1)),
+            vec![8; 10],
+            vec![0],
+        )
+        .await
+        .unwrap();
+    assert!(changed);
+    let after = store
+        .get_message(&u, inbox, d_uids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.seal, SealRef::IndexKey(Generation(1)));
+    assert_eq!(after.sealed_meta, vec![8; 10]);
+    assert_eq!(
+        after.sealed_flags,
+        Some(vec![42]),
+        "flags stored meanwhile are kept"
+    );
+    assert_eq!(after.modseq, before.modseq, "no MODSEQ change");
+    let again = store
+        .reseal_message(
+            &u,
+            &delivered.msg_id,
+            SealRef::IndexKey(Generation(1)),
+            vec![9; 10],
+            vec![0],
+        )
+        .await
+        .unwrap();
+    assert!(!again, "a second reseal changes nothing");
+    let _ = ms;
 }
 
 async fn expunge_move_and_blobs(store: &dyn Store) {

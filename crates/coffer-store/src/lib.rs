@@ -132,15 +132,19 @@ pub trait Store: Send + Sync + 'static {
         changes: Vec<(Uid, Vec<u8>)>,
         unchanged_since: Option<u64>,
     ) -> Result<FlagUpdate>;
-    /// Re-seals a message's metadata (delivery seal → index-key seal); no MODSEQ change.
+    /// Re-seals the metadata of a message that delivery sealed to the public key under the
+    /// index key; no MODSEQ change. Only a row still sealed by delivery is changed (so two
+    /// sessions resealing at once cannot undo each other), and its flags are set to
+    /// `empty_flags` only if no session has stored flags meanwhile. Returns whether the row
+    /// was changed.
     async fn reseal_message(
         &self,
         user: &UserId,
         msg: &MsgId,
         seal: SealRef,
         sealed_meta: Vec<u8>,
-        sealed_flags: Option<Vec<u8>>,
-    ) -> Result<()>;
+        empty_flags: Vec<u8>,
+    ) -> Result<bool>;
     /// Removes messages, records them for QRESYNC, deletes blobs no longer referenced.
     /// Returns the UIDs actually removed and the new MODSEQ (None if nothing was removed).
     async fn expunge(

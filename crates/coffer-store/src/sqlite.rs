@@ -1283,25 +1283,27 @@ impl Store for SqliteStore {
         msg: &MsgId,
         seal: SealRef,
         sealed_meta: Vec<u8>,
-        sealed_flags: Option<Vec<u8>>,
-    ) -> Result<()> {
+        empty_flags: Vec<u8>,
+    ) -> Result<bool> {
         let user = *user;
         let msg = *msg;
         self.write(move |c| {
-            c.execute(
-                "UPDATE messages SET seal_kind = ?1, seal_gen = ?2, sealed_meta = ?3, sealed_flags = ?4
-                 WHERE msg_id = ?5 AND user_id = ?6",
-                params![
-                    seal.kind_code(),
-                    seal.generation().0,
-                    sealed_meta,
-                    sealed_flags,
-                    msg.as_bytes().as_slice(),
-                    user.as_bytes().as_slice()
-                ],
-            )
-            .map_err(db_err)?;
-            Ok(())
+            let n = c
+                .execute(
+                    "UPDATE messages SET seal_kind = ?1, seal_gen = ?2, sealed_meta = ?3,
+                            sealed_flags = COALESCE(sealed_flags, ?4)
+                     WHERE msg_id = ?5 AND user_id = ?6 AND seal_kind = 2",
+                    params![
+                        seal.kind_code(),
+                        seal.generation().0,
+                        sealed_meta,
+                        empty_flags,
+                        msg.as_bytes().as_slice(),
+                        user.as_bytes().as_slice()
+                    ],
+                )
+                .map_err(db_err)?;
+            Ok(n > 0)
         })
         .await
     }

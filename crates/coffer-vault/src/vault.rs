@@ -62,8 +62,8 @@ pub struct VaultConfig {
     pub recovery_key: Option<RecoveryPublicKey>,
 }
 
-/// One app password as listed to its owner.
-#[derive(Debug, Clone)]
+/// One app password as listed to its owner. `Debug` hides the label.
+#[derive(Clone)]
 pub struct AppPasswordInfo {
     pub slot_id: SlotId,
     pub label: String,
@@ -71,8 +71,9 @@ pub struct AppPasswordInfo {
     pub last_used: Option<i64>,
 }
 
-/// One account as listed to the operator (pepper only, no user key).
-#[derive(Debug, Clone)]
+/// One account as listed to the operator (pepper only, no user key). `Debug` hides the
+/// name: usernames are personal data and never go to logs.
+#[derive(Clone)]
 pub struct UserSummary {
     pub user_id: UserId,
     /// The canonical username, or None if its sealed copy failed authentication.
@@ -80,6 +81,38 @@ pub struct UserSummary {
     pub mode: SecurityMode,
     pub generation: Generation,
     pub created: i64,
+}
+
+impl std::fmt::Debug for AppPasswordInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppPasswordInfo")
+            .field("slot_id", &self.slot_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for UserSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserSummary")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pads a short name (username, app password label) with zero bytes to a multiple of 32,
+/// so its sealed length does not tell its exact length. Such names never contain NUL.
+fn pad_name(name: &str) -> Zeroizing<Vec<u8>> {
+    let mut v = Zeroizing::new(name.as_bytes().to_vec());
+    v.resize(name.len().div_ceil(32).max(1) * 32, 0);
+    v
+}
+
+fn unpad_name(padded: &[u8]) -> Option<String> {
+    let end = padded.iter().position(|b| *b == 0).unwrap_or(padded.len());
+    if padded[end..].iter().any(|b| *b != 0) {
+        return None;
+    }
+    String::from_utf8(padded[..end].to_vec()).ok()
 }
 
 /// The vault. Cheap to share behind an `Arc`.
@@ -549,7 +582,7 @@ impl Vault {
         let sealed_name = primitives::seal(
             self.pepper.directory_key(),
             &name_aad(&user),
-            username.as_str().as_bytes(),
+            &pad_name(username.as_str()),
         );
         let ring = Keyring::new(user, keys);
         let boxes = mailboxes(&ring, &self.pepper);
@@ -681,7 +714,7 @@ impl Vault {
         let secret = generate_app_password();
         let slot_id = SlotId(rand::random());
         let (_, sealed_label) =
-            session.with(|k| k.seal(Place::SlotLabel(slot_id.as_bytes()), label.as_bytes()))?;
+            session.with(|k| k.seal(Place::SlotLabel(slot_id.as_bytes()), &pad_name(label)))?;
         let mut slot = self
             .make_slot(
                 &user,
@@ -715,7 +748,9 @@ impl Vault {
                     let plain = session.with(|k| {
                         k.open(s.generation, Place::SlotLabel(s.slot_id.as_bytes()), sealed)
                     })??;
-                    String::from_utf8_lossy(&plain).into_owned()
+                    unpad_name(&plain).ok_or_else(|| {
+                        VaultError::Tampered(format!("label of slot {}", s.slot_id))
+                    })?
                 }
                 None => String::new(),
             };
@@ -1027,7 +1062,7 @@ impl Vault {
                     &a.sealed_name,
                 )
                 .ok()
-                .and_then(|n| String::from_utf8(n.to_vec()).ok());
+                .and_then(|n| unpad_name(&n));
                 UserSummary {
                     user_id: a.user_id,
                     name,

@@ -41,8 +41,6 @@ pub struct Tls {
 pub struct Imap {
     pub listen: Vec<String>,
     pub listen_tls: Vec<String>,
-    // Read by the IMAP server (issue #3); validated and documented now.
-    #[allow(dead_code)]
     pub allow_plaintext_login_on_loopback: bool,
 }
 
@@ -91,8 +89,6 @@ pub struct Recovery {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_message_bytes: u64,
-    // Enforced by APPEND and delivery (issues #3, #4).
-    #[allow(dead_code)]
     pub quota_bytes: u64,
 }
 
@@ -200,7 +196,7 @@ pub fn template(profile: &str, memory_kib: u32, time_cost: u32, concurrency: usi
         r#"# Coffer configuration. Written at first start; every option is listed here.
 # Relative paths are relative to the directory of this file.
 
-# Where mail, keys slots and the SQLite database live (only ciphertext and counters).
+# Where mail, key slots and the SQLite database live (only ciphertext and counters).
 data_dir = "coffer-data"
 
 # The server pepper: 32 random bytes, mode 0600, kept OUTSIDE the data directory.

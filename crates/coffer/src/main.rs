@@ -100,7 +100,9 @@ fn init_logging(level: &str) {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { kdf_profile } => {
-            let env = setup::open_or_init(&cli.config, Some(&kdf_profile), false).await?;
+            let env =
+                setup::open_or_init(&cli.config, Some(&kdf_profile), false, setup::Start::Init)
+                    .await?;
             if !env.created {
                 eprintln!(
                     "Coffer is already set up at {} (data in {}).",
@@ -112,25 +114,25 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Serve => serve(&cli.config).await,
         Command::User(cmd) => {
-            let env = setup::open_or_init(&cli.config, None, false).await?;
+            let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
             user::run(&env, cmd).await
         }
         Command::RecoveryKey(RecoveryKeyCommand::Generate { out }) => {
-            let env = setup::open_or_init(&cli.config, None, false).await?;
+            let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
             user::generate_recovery_key(&env, &out)
         }
         Command::Check {
             user,
             password_stdin,
         } => {
-            let env = setup::open_or_init(&cli.config, None, false).await?;
+            let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
             user::check(&env, user.as_deref(), password_stdin).await
         }
     }
 }
 
 async fn serve(config: &std::path::Path) -> Result<()> {
-    let env = setup::open_or_init(config, None, false).await?;
+    let env = setup::open_or_init(config, None, false, setup::Start::Serve).await?;
     init_logging(&env.cfg.log.level);
     let _lock = setup::lock_data_dir(&env.cfg.data_dir())?;
     use coffer_store::Store;
@@ -139,11 +141,53 @@ async fn serve(config: &std::path::Path) -> Result<()> {
         .sweep_orphans(600)
         .await
         .context("sweeping unreferenced blobs")?;
-    tracing::info!(swept, data_dir = %env.cfg.data_dir().display(), "coffer serving");
+    tracing::info!(swept, "store opened");
+
+    let tls = coffer_imap::server::tls_acceptor(&env.cfg.cert_path(), &env.cfg.key_path())
+        .map_err(anyhow::Error::msg)?;
+    let imap_config = coffer_imap::server::ImapConfig {
+        allow_plaintext_login_on_loopback: env.cfg.imap.allow_plaintext_login_on_loopback,
+        max_message_bytes: env.cfg.limits.max_message_bytes,
+        quota_bytes: env.cfg.limits.quota_bytes,
+        ..Default::default()
+    };
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for (addrs, implicit_tls) in [
+        (&env.cfg.imap.listen, false),
+        (&env.cfg.imap.listen_tls, true),
+    ] {
+        for addr in addrs {
+            let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!(
+                    "cannot listen on {addr} (from {})",
+                    env.config_path.display()
+                )
+            })?;
+            bound.push(format!(
+                "{} ({})",
+                socket.local_addr()?,
+                if implicit_tls {
+                    "IMAPS"
+                } else {
+                    "IMAP+STARTTLS"
+                }
+            ));
+            listeners.push(coffer_imap::server::Listener {
+                socket,
+                implicit_tls,
+            });
+        }
+    }
+    let ctx = coffer_imap::server::Ctx::new(env.mail.clone(), imap_config, Some(tls));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let imap = tokio::spawn(coffer_imap::server::serve(ctx, listeners, stop_rx));
+
     eprintln!(
-        "coffer serve: running on {} (pid {}). Stop with Ctrl-C or SIGTERM.",
+        "coffer serve: running on {} (pid {}); listening on {}. Stop with Ctrl-C or SIGTERM.",
         env.cfg.data_dir().display(),
-        std::process::id()
+        std::process::id(),
+        bound.join(", ")
     );
     let registry = env.vault.registry().clone();
     let sweeper = tokio::spawn(async move {
@@ -159,6 +203,8 @@ async fn serve(config: &std::path::Path) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    let _ = stop_tx.send(true);
+    let _ = imap.await;
     sweeper.abort();
     tracing::info!("coffer stopping");
     Ok(())

@@ -45,8 +45,31 @@ pub fn harden_process() -> Result<()> {
 
 /// Opens the installation at `config_path`, creating it on first start: config (with a
 /// calibrated Argon2id cost), data directory, pepper file and self-signed certificate.
-pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool) -> Result<Env> {
+/// How a command may treat a missing installation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// `coffer init`: create whatever is missing, also a database beside an existing pepper.
+    Init,
+    /// `coffer serve`: a true first start creates everything; a pepper without a database
+    /// (an unmounted data volume?) is refused.
+    Serve,
+    /// Every other command: the installation must exist.
+    Existing,
+}
+
+pub async fn open_or_init(
+    config_path: &Path,
+    profile: Option<&str>,
+    quiet: bool,
+    start: Start,
+) -> Result<Env> {
     let mut created = false;
+    if !config_path.exists() && start == Start::Existing {
+        bail!(
+            "no Coffer installation here: {} does not exist. Run `coffer init` (or `coffer serve`) first, or pass --config",
+            config_path.display()
+        );
+    }
     if !config_path.exists() {
         let profile = profile.unwrap_or(config::CALIBRATED_PROFILE);
         let (memory, time) = match profile {
@@ -96,6 +119,19 @@ pub async fn open_or_init(config_path: &Path, profile: Option<&str>, quiet: bool
     let pepper_path = cfg.pepper_path();
     let has_data = data_dir.join(DB_FILE).exists();
 
+    if !has_data && pepper_path.exists() && start != Start::Init {
+        bail!(
+            "pepper file {} exists but the data directory {} has no database. Is the data volume mounted? To start a new installation with this pepper, run `coffer init`",
+            pepper_path.display(),
+            data_dir.display()
+        );
+    }
+    if !has_data && start == Start::Existing {
+        bail!(
+            "data directory {} has no database; run `coffer init` first",
+            data_dir.display()
+        );
+    }
     let pepper = if has_data || pepper_path.exists() {
         Pepper::load(&pepper_path)?
     } else {

@@ -35,6 +35,7 @@ pub enum UserCommand {
     /// the new password (with --password-stdin: one line each).
     Passwd {
         name: String,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -49,8 +50,10 @@ pub enum UserCommand {
     /// stays sealed and reopens with `coffer user reopen` if an old password turns up.
     Reset {
         name: String,
+        /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -58,6 +61,7 @@ pub enum UserCommand {
     /// password, app password or recovery code. The old mailboxes reappear under Recovered/.
     Reopen {
         name: String,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -68,6 +72,7 @@ pub enum UserCommand {
         /// The secret key file written by `coffer recovery-key generate`.
         #[arg(long)]
         recovery_key: std::path::PathBuf,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -78,6 +83,7 @@ pub enum UserCommand {
     #[command(name = "recovery-code")]
     RecoveryCode {
         name: String,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -85,6 +91,7 @@ pub enum UserCommand {
     Mode {
         name: String,
         mode: SecurityMode,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -98,12 +105,14 @@ pub enum AppPasswordCommand {
         /// What device it is for, e.g. "phone".
         #[arg(long)]
         label: String,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
     /// List app passwords with id, label, creation and last use. Asks the user's password.
     List {
         name: String,
+        /// Read secrets from standard input, one per line, instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -384,9 +393,12 @@ async fn app_password(env: &Env, cmd: AppPasswordCommand) -> Result<()> {
                 println!("{name} has no app passwords.");
             }
             for a in list {
-                let used = a.last_used.map(date).unwrap_or_else(|| "never used".into());
+                let used = a
+                    .last_used
+                    .map(|t| format!("last used {}", date(t)))
+                    .unwrap_or_else(|| "never used".into());
                 println!(
-                    "{}\t{}\tcreated {}\tlast used {}",
+                    "{}\t{}\tcreated {}\t{}",
                     a.slot_id,
                     a.label,
                     date(a.created),

@@ -546,3 +546,51 @@ fn login_cost_is_the_configured_argon2_cost() {
         start.elapsed()
     );
 }
+
+#[test]
+fn commands_other_than_init_and_serve_never_create_an_installation() {
+    let s = Scratch::empty();
+    let err = s.fails(&["user", "list"], "");
+    assert!(
+        err.contains("no Coffer installation") && err.contains("coffer init"),
+        "{err}"
+    );
+    assert!(!s.path("coffer.toml").exists() && !s.path("coffer-data").exists());
+}
+
+#[test]
+fn a_pepper_without_its_data_is_refused_by_serve_and_accepted_by_init() {
+    let s = Scratch::init();
+    s.add_user("alice", PW);
+    // The data volume "is not mounted".
+    std::fs::rename(s.path("coffer-data"), s.path("elsewhere")).unwrap();
+    let err = s.fails(&["serve"], "");
+    assert!(
+        err.contains("no database") && err.contains("mounted"),
+        "{err}"
+    );
+    assert!(
+        !s.path("coffer-data/coffer.db").exists(),
+        "serve created nothing"
+    );
+    let err = s.fails(&["user", "list"], "");
+    assert!(err.contains("no database"), "{err}");
+    // `init` knowingly starts a new, empty installation with the same pepper.
+    s.ok(&["init"], "");
+    assert!(s.ok(&["user", "list"], "").contains("No users yet"));
+}
+
+#[test]
+fn the_server_runs_without_core_dumps() {
+    let s = Scratch::init();
+    let mut server = start_server(&s);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.id())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], &["0", "0"], "{core}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -27,6 +27,14 @@ impl Scratch {
             "init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // Tests run in parallel: every server listens on ports the system picks.
+        let cfg = std::fs::read_to_string(s.path("coffer.toml")).unwrap();
+        let cfg = cfg
+            .replace("127.0.0.1:1143", "127.0.0.1:0")
+            .replace("127.0.0.1:1993", "127.0.0.1:0")
+            .replace("127.0.0.1:2424", "127.0.0.1:0")
+            .replace("127.0.0.1:8443", "127.0.0.1:0");
+        std::fs::write(s.path("coffer.toml"), cfg).unwrap();
         s
     }
 
