@@ -542,60 +542,10 @@ impl Session {
                 return Done::no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset");
             }
         }
-        let Some(sel) = &self.selected else {
-            return Done::bad("No mailbox selected");
+        let hits = match self.search_hits(&key).await {
+            Ok(h) => h,
+            Err(d) => return d,
         };
-        let needs = search::needs(&key);
-        let uids: Vec<u32> = sel.view.iter().map(|m| m.uid).collect();
-        let meta = if needs.meta || needs.raw {
-            match self.load_meta(&uids).await {
-                Ok(m) => m,
-                Err(d) => return d,
-            }
-        } else {
-            HashMap::new()
-        };
-        let Ok(session) = self.session() else {
-            return Done::bad("Log in first");
-        };
-        let Some(sel) = &self.selected else {
-            return Done::bad("No mailbox selected");
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let largest_seq = sel.view.len() as u32;
-        let largest_uid = sel.max_uid();
-        let mut hits: Vec<(u32, u32, u64)> = Vec::new();
-        for (i, vm) in sel.view.iter().enumerate() {
-            let m = meta.get(&vm.uid);
-            if (needs.meta || needs.raw) && m.is_none() {
-                continue;
-            }
-            let raw = if needs.raw {
-                match self.ctx.mail.body(session, m.expect("checked")).await {
-                    Ok(b) => Some(b),
-                    Err(e) => return mail_err(e),
-                }
-            } else {
-                None
-            };
-            let c = Candidate {
-                seq: i as u32 + 1,
-                uid: vm.uid,
-                modseq: vm.modseq,
-                flags: &vm.flags,
-                largest_seq,
-                largest_uid,
-                meta: m.map(|m| (m.size, m.internal_date, m.tz_offset_minutes)),
-                raw: raw.as_deref().map(|v| v.as_slice()),
-                now,
-            };
-            if search::matches(&key, &c) {
-                hits.push((i as u32 + 1, vm.uid, vm.modseq));
-            }
-        }
         let ids: Vec<u32> = hits
             .iter()
             .map(|(s, u, _)| if uid { *u } else { *s })
@@ -650,6 +600,139 @@ impl Session {
             out.line(&line);
         }
         Done::ok("SEARCH completed")
+    }
+
+    /// Messages of the selected mailbox matching `key`: (sequence number, UID, MODSEQ).
+    async fn search_hits(&self, key: &SearchKey) -> Result<Vec<(u32, u32, u64)>, Done> {
+        let Some(sel) = &self.selected else {
+            return Err(Done::bad("No mailbox selected"));
+        };
+        let needs = search::needs(key);
+        let uids: Vec<u32> = sel.view.iter().map(|m| m.uid).collect();
+        let meta = if needs.meta || needs.raw {
+            self.load_meta(&uids).await?
+        } else {
+            HashMap::new()
+        };
+        let session = self.session()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let largest_seq = sel.view.len() as u32;
+        let largest_uid = sel.max_uid();
+        let mut hits = Vec::new();
+        for (i, vm) in sel.view.iter().enumerate() {
+            let m = meta.get(&vm.uid);
+            if (needs.meta || needs.raw) && m.is_none() {
+                continue;
+            }
+            let raw = match (needs.raw, m) {
+                (true, Some(m)) => Some(self.ctx.mail.body(session, m).await.map_err(mail_err)?),
+                _ => None,
+            };
+            let c = Candidate {
+                seq: i as u32 + 1,
+                uid: vm.uid,
+                modseq: vm.modseq,
+                flags: &vm.flags,
+                largest_seq,
+                largest_uid,
+                meta: m.map(|m| (m.size, m.internal_date, m.tz_offset_minutes)),
+                raw: raw.as_deref().map(|v| v.as_slice()),
+                now,
+            };
+            if search::matches(key, &c) {
+                hits.push((i as u32 + 1, vm.uid, vm.modseq));
+            }
+        }
+        Ok(hits)
+    }
+
+    /// Sort/thread data of the matching messages (headers are decrypted for each).
+    async fn sort_items(
+        &self,
+        uid: bool,
+        key: &SearchKey,
+    ) -> Result<Vec<crate::sortthread::SortData>, Done> {
+        let hits = self.search_hits(key).await?;
+        let uids: Vec<u32> = hits.iter().map(|h| h.1).collect();
+        let meta = self.load_meta(&uids).await?;
+        let session = self.session()?;
+        let mut items = Vec::with_capacity(hits.len());
+        for (seq, u, _) in hits {
+            let Some(m) = meta.get(&u) else { continue };
+            let raw = self.ctx.mail.body(session, m).await.map_err(mail_err)?;
+            let id = if uid { u } else { seq };
+            items.push(crate::sortthread::sort_data(
+                id,
+                seq,
+                m.internal_date,
+                m.size,
+                &raw,
+            ));
+        }
+        Ok(items)
+    }
+
+    fn check_charset(charset: &str) -> Result<(), Done> {
+        if charset.eq_ignore_ascii_case("UTF-8") || charset.eq_ignore_ascii_case("US-ASCII") {
+            Ok(())
+        } else {
+            Err(Done::no(
+                "[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset",
+            ))
+        }
+    }
+
+    /// SORT (RFC 5256 §3).
+    pub(crate) async fn sort(
+        &mut self,
+        uid: bool,
+        criteria: &[crate::types::SortCriterion],
+        charset: &str,
+        key: &SearchKey,
+        out: &mut Out<'_>,
+    ) -> Done {
+        if let Err(d) = Self::check_charset(charset) {
+            return d;
+        }
+        let items = match self.sort_items(uid, key).await {
+            Ok(i) => i,
+            Err(d) => return d,
+        };
+        let ids = crate::sortthread::sort(items, criteria);
+        let mut line = String::from("* SORT");
+        for id in ids {
+            line.push_str(&format!(" {id}"));
+        }
+        out.line(&line);
+        Done::ok("SORT completed")
+    }
+
+    /// THREAD (RFC 5256 §4).
+    pub(crate) async fn thread(
+        &mut self,
+        uid: bool,
+        algorithm: crate::types::ThreadAlgorithm,
+        charset: &str,
+        key: &SearchKey,
+        out: &mut Out<'_>,
+    ) -> Done {
+        if let Err(d) = Self::check_charset(charset) {
+            return d;
+        }
+        let items = match self.sort_items(uid, key).await {
+            Ok(i) => i,
+            Err(d) => return d,
+        };
+        let threads = crate::sortthread::thread(items, algorithm);
+        if threads.is_empty() {
+            out.line("* THREAD");
+        } else {
+            out.line(&format!("* THREAD {threads}"));
+        }
+        Done::ok("THREAD completed")
     }
 
     pub(crate) async fn copy_or_move(

@@ -17,6 +17,165 @@ use tokio_rustls::server::TlsStream;
 pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// COMPRESS=DEFLATE (RFC 4978) over either of the above.
+    Deflate(Box<Deflate>),
+}
+
+/// Raw DEFLATE (RFC 1951, no zlib header) in both directions, as RFC 4978 §4 requires;
+/// every flush ends with a sync flush so the peer can decode all that was sent.
+pub struct Deflate {
+    inner: Io,
+    comp: flate2::Compress,
+    decomp: flate2::Decompress,
+    /// Compressed bytes read but not yet inflated.
+    input: Vec<u8>,
+    input_pos: usize,
+    /// Deflated bytes not yet written to `inner`.
+    output: Vec<u8>,
+    eof: bool,
+}
+
+impl Deflate {
+    pub fn new(inner: Io) -> Deflate {
+        Deflate {
+            inner,
+            comp: flate2::Compress::new(flate2::Compression::new(6), false),
+            decomp: flate2::Decompress::new(false),
+            input: Vec::new(),
+            input_pos: 0,
+            output: Vec::new(),
+            eof: false,
+        }
+    }
+
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.output.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.output) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.output.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn deflate(&mut self, mut data: &[u8], flush: flate2::FlushCompress) -> io::Result<()> {
+        loop {
+            self.output.reserve(data.len() / 2 + 64);
+            let before_in = self.comp.total_in();
+            let before_out = self.comp.total_out();
+            self.comp
+                .compress_vec(data, &mut self.output, flush)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let consumed = (self.comp.total_in() - before_in) as usize;
+            let produced = self.comp.total_out() - before_out;
+            data = &data[consumed..];
+            // Done when all input is taken and the flush produced no more output.
+            if data.is_empty() && (produced == 0 || self.output.capacity() > self.output.len()) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl AsyncRead for Deflate {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            // Inflate even with no new input: a previous call may have filled the caller's
+            // buffer and left decoded output inside the decompressor.
+            {
+                let out = buf.initialize_unfilled();
+                let before_in = this.decomp.total_in();
+                let before_out = this.decomp.total_out();
+                this.decomp
+                    .decompress(
+                        &this.input[this.input_pos..],
+                        out,
+                        flate2::FlushDecompress::None,
+                    )
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let consumed = (this.decomp.total_in() - before_in) as usize;
+                let produced = (this.decomp.total_out() - before_out) as usize;
+                this.input_pos += consumed;
+                if produced > 0 {
+                    buf.advance(produced);
+                    return Poll::Ready(Ok(()));
+                }
+                if consumed > 0 {
+                    continue;
+                }
+                // Neither consumed nor produced: more compressed input is needed.
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            this.input.drain(..this.input_pos);
+            this.input_pos = 0;
+            // A peer cannot make us hold more than this much undecoded input.
+            if this.input.len() > 1 << 20 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "undecodable DEFLATE input",
+                )));
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        this.eof = true;
+                        continue;
+                    }
+                    this.input.extend_from_slice(rb.filled());
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Deflate {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Keep the pending output bounded: drain before taking more.
+        if this.output.len() > 64 * 1024 {
+            match this.poll_drain(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        this.deflate(data, flate2::FlushCompress::None)?;
+        Poll::Ready(Ok(data.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.deflate(&[], flate2::FlushCompress::Sync)?;
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match this.poll_drain(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -28,6 +187,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -41,18 +201,21 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

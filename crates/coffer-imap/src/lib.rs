@@ -12,4 +12,5 @@ pub mod response;
 mod search;
 pub mod server;
 pub mod session;
+pub mod sortthread;
 pub mod types;

@@ -191,11 +191,18 @@ impl<'a> MimeMessage<'a> {
                 Some(SectionText::Header) => Some(self.region(0, root.hdr_end)),
                 Some(SectionText::Text) => Some(self.region(root.hdr_end, root.body_end)),
                 Some(SectionText::HeaderFields(names)) => {
-                    Some(self.filtered(0, names, false, true))
+                    // Dovecot answers this from its cache of header lines: the lines (each
+                    // with its LF, if it had one), then an LF, whether or not the header
+                    // ended with an empty line.
+                    let names: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
+                    let filter = HeaderFilter::include(&names).eol(b"\n");
+                    let (mut out, had_eoh) = filter.run(self.raw, 0);
+                    if !had_eoh {
+                        out.push(b'\n');
+                    }
+                    Some(nonuls(crlf(&out)))
                 }
-                Some(SectionText::HeaderFieldsNot(names)) => {
-                    Some(self.filtered(0, names, true, false))
-                }
+                Some(SectionText::HeaderFieldsNot(names)) => Some(self.filtered(0, names, true)),
                 Some(SectionText::Mime) => None,
             };
         }
@@ -214,12 +221,8 @@ impl<'a> MimeMessage<'a> {
                 Some(match other {
                     SectionText::Header => self.region(child.pos, child.hdr_end),
                     SectionText::Text => self.region(child.hdr_end, child.body_end),
-                    SectionText::HeaderFields(names) => {
-                        self.filtered(child.pos, names, false, false)
-                    }
-                    SectionText::HeaderFieldsNot(names) => {
-                        self.filtered(child.pos, names, true, false)
-                    }
+                    SectionText::HeaderFields(names) => self.filtered(child.pos, names, false),
+                    SectionText::HeaderFieldsNot(names) => self.filtered(child.pos, names, true),
                     SectionText::Mime => return None,
                 })
             }
@@ -235,6 +238,17 @@ impl<'a> MimeMessage<'a> {
         };
         let mut ctx = BinaryCtx::default();
         self.add_binary_part(&mut ctx, id, include_hdr)?;
+        if !ctx.converted {
+            // Nothing was decoded: Dovecot then sends the part as stored (LF as CRLF), cut
+            // to the size it computed for the rewritten form. The two differ only for a
+            // multipart or message/rfc822 part that itself claims base64 or
+            // quoted-printable, whose header says "binary" in the computed form.
+            let part = &self.parts[id];
+            let start = if include_hdr { part.pos } else { part.hdr_end };
+            let mut original = crlf(self.raw.get(start..).unwrap_or_default());
+            original.truncate(ctx.out.len());
+            ctx.out = original;
+        }
         Ok(BinaryContent {
             literal8: ctx.converted || ctx.has_nuls,
             data: ctx.out,
@@ -292,11 +306,14 @@ impl<'a> MimeMessage<'a> {
     }
 
     /// HEADER.FIELDS (`exclude` false) or HEADER.FIELDS.NOT of the header at `start`.
-    fn filtered(&self, start: usize, names: &[String], exclude: bool, add_eoh: bool) -> Vec<u8> {
+    fn filtered(&self, start: usize, names: &[String], exclude: bool) -> Vec<u8> {
         let names: Vec<&[u8]> = names.iter().map(|n| n.as_bytes()).collect();
-        nonuls(crlf(&header_filter(
-            self.raw, start, &names, exclude, add_eoh, None,
-        )))
+        let filter = if exclude {
+            HeaderFilter::exclude(&names)
+        } else {
+            HeaderFilter::include(&names)
+        };
+        nonuls(filter.run(self.raw, start).0)
     }
 
     /// Dovecot's `imap_msgpart_find`: the part a section number names. `1` of a part that
@@ -474,16 +491,10 @@ impl<'a> MimeMessage<'a> {
                     self.binary_copy_to(ctx, part.pos);
                 }
                 // The header without its Content-Transfer-Encoding and with
-                // "Content-Transfer-Encoding: binary" added, lines ending in LF as Dovecot
-                // writes them here.
-                ctx.out.extend_from_slice(&header_filter(
-                    self.raw,
-                    part.pos,
-                    &[b"Content-Transfer-Encoding"],
-                    true,
-                    false,
-                    Some(b"Content-Transfer-Encoding: binary\r\n"),
-                ));
+                // "Content-Transfer-Encoding: binary" added.
+                let filter = HeaderFilter::exclude(&[b"Content-Transfer-Encoding"])
+                    .at_eoh(b"Content-Transfer-Encoding: binary\r\n");
+                ctx.out.extend_from_slice(&filter.run(self.raw, part.pos).0);
             } else {
                 self.binary_copy_to(ctx, part.hdr_end);
             }
@@ -759,8 +770,14 @@ impl<'a> MsgParser<'a> {
                 if let Some((b, _)) = self.boundary_line_find(p) {
                     if self.boundaries[b].part != id {
                         // The header runs into a boundary: it ends here, and the newline
-                        // before the boundary line belongs to the boundary.
+                        // before the boundary line belongs to the parent's body.
                         hdr_end -= prev_newline;
+                        if prev_newline > 0 {
+                            if let Some(parent) = self.parts[id].parent {
+                                let parent = &mut self.parts[parent];
+                                parent.body_end = parent.body_end.max(p);
+                            }
+                        }
                         break;
                     }
                 }
@@ -1149,7 +1166,7 @@ fn line_name_value<'a>(
 /// The logical fields of the header that starts at `start`, up to `end`.
 fn header_fields(input: &[u8], start: usize, end: usize) -> Vec<Field> {
     let region = input.get(..end).unwrap_or(input);
-    let mut fields = Vec::new();
+    let mut fields: Vec<Field> = Vec::new();
     let mut p = start;
     let mut continued = false;
     while let Some(line) = read_line(region, p, continued) {
@@ -1160,7 +1177,6 @@ fn header_fields(input: &[u8], start: usize, end: usize) -> Vec<Field> {
         }
         if line.continued {
             if let Some(f) = fields.last_mut() {
-                let f: &mut Field = f;
                 f.value.push(b'\n');
                 f.value
                     .extend_from_slice(&region[line.start..line.content_end]);
@@ -1176,55 +1192,73 @@ fn header_fields(input: &[u8], start: usize, end: usize) -> Vec<Field> {
     fields
 }
 
-/// Dovecot's istream-header-filter as IMAP uses it: the fields of the header at `start`
-/// whose names are (`exclude` false) or are not (`exclude` true) in `names`, each line
-/// ending in LF, then the empty line if the header had one (or, with `add_missing_eoh`,
-/// always). `at_eoh` is written just before the empty line.
-fn header_filter(
-    input: &[u8],
-    start: usize,
-    names: &[&[u8]],
+/// Dovecot's istream-header-filter as IMAP uses it: the fields of the header at a position
+/// whose names are (include) or are not (exclude) in a list, each line ending in CRLF,
+/// then the empty line if the header had one. The header is read up to its empty line
+/// (or the end of the input), wherever its part ends.
+struct HeaderFilter<'n> {
+    names: &'n [&'n [u8]],
     exclude: bool,
-    add_missing_eoh: bool,
-    at_eoh: Option<&[u8]>,
-) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut p = start;
-    let mut continued = false;
-    let mut prev_matched = false;
-    let mut seen_eoh = false;
-    while let Some(line) = read_line(input, p, continued) {
-        p = line.next;
-        continued = line.continues;
-        if line.eoh {
-            seen_eoh = true;
-            if let Some(extra) = at_eoh {
-                out.extend_from_slice(extra);
-            }
-            out.push(b'\n');
-            break;
-        }
-        let matched = if line.continued {
-            prev_matched
-        } else {
-            let (name, _) = line_name_value(input, &line, false);
-            names.iter().any(|n| eq_ic(n, name))
-        };
-        prev_matched = matched;
-        if matched != exclude {
-            out.extend_from_slice(&input[line.start..line.content_end]);
-            if line.newline > 0 {
-                out.push(b'\n');
-            }
+    eol: &'static [u8],
+    /// Written just before the empty line.
+    at_eoh: &'static [u8],
+}
+
+impl<'n> HeaderFilter<'n> {
+    fn include(names: &'n [&'n [u8]]) -> Self {
+        HeaderFilter {
+            names,
+            exclude: false,
+            eol: b"\r\n",
+            at_eoh: b"",
         }
     }
-    if !seen_eoh && add_missing_eoh {
-        if out.last() != Some(&b'\n') {
-            out.push(b'\n');
+
+    fn exclude(names: &'n [&'n [u8]]) -> Self {
+        HeaderFilter {
+            exclude: true,
+            ..Self::include(names)
         }
-        out.push(b'\n');
     }
-    out
+
+    fn eol(self, eol: &'static [u8]) -> Self {
+        HeaderFilter { eol, ..self }
+    }
+
+    fn at_eoh(self, at_eoh: &'static [u8]) -> Self {
+        HeaderFilter { at_eoh, ..self }
+    }
+
+    /// The filtered header, and whether it ended with an empty line.
+    fn run(&self, input: &[u8], start: usize) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        let mut p = start;
+        let mut continued = false;
+        let mut prev_matched = false;
+        while let Some(line) = read_line(input, p, continued) {
+            p = line.next;
+            continued = line.continues;
+            if line.eoh {
+                out.extend_from_slice(self.at_eoh);
+                out.extend_from_slice(self.eol);
+                return (out, true);
+            }
+            let matched = if line.continued {
+                prev_matched
+            } else {
+                let (name, _) = line_name_value(input, &line, false);
+                self.names.iter().any(|n| eq_ic(n, name))
+            };
+            prev_matched = matched;
+            if matched != self.exclude {
+                out.extend_from_slice(&input[line.start..line.content_end]);
+                if line.newline > 0 {
+                    out.extend_from_slice(self.eol);
+                }
+            }
+        }
+        (out, false)
+    }
 }
 
 fn at_eoh(data: &[u8]) -> bool {
@@ -1575,6 +1609,7 @@ impl<'a> Rfc<'a> {
         if self.skip_lwsp() <= 0 {
             return -1;
         }
+        // (what was read stays, so that `Content-Type: text` still means text)
         if self.parse_mime_token(out) <= 0 || out.len() == start_len {
             return -1;
         }
@@ -2459,6 +2494,8 @@ fn qp_decode(src: &[u8]) -> Vec<u8> {
                     continue;
                 }
                 if after.is_empty() && blanks > 0 {
+                    out.push(b'=');
+                    out.extend_from_slice(&rest[..blanks]);
                     i = src.len();
                     continue;
                 }
@@ -2608,4 +2645,427 @@ fn eq_ic(a: &[u8], b: &[u8]) -> bool {
 
 fn starts_with_ic(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn corpus() -> Vec<(String, Vec<u8>)> {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+            .expect("tests/corpus")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read(&p).expect("corpus file"))
+            })
+            .collect();
+        out.sort();
+        assert!(out.len() >= 15);
+        out
+    }
+
+    fn corpus_file(name: &str) -> Vec<u8> {
+        corpus()
+            .into_iter()
+            .find(|(n, _)| n.starts_with(name))
+            .unwrap_or_else(|| panic!("no corpus message {name}"))
+            .1
+    }
+
+    fn sec(part: &[u32], text: Option<SectionText>) -> Section {
+        Section {
+            part: part.to_vec(),
+            text,
+        }
+    }
+
+    fn s(v: &[u8]) -> String {
+        String::from_utf8_lossy(v).into_owned()
+    }
+
+    /// Every section and item a FETCH may ask for, on one parsed message.
+    fn exercise(raw: &[u8]) {
+        let msg = MimeMessage::parse(raw);
+        check_invariants(raw, &msg);
+        msg.envelope();
+        msg.body_structure(true);
+        msg.body_structure(false);
+        let fields = || vec!["From".to_string(), "Subject".to_string()];
+        for part in [&[][..], &[1], &[2], &[1, 1], &[1, 2], &[2, 1], &[3], &[1, 1, 1]] {
+            for text in [
+                None,
+                Some(SectionText::Header),
+                Some(SectionText::Text),
+                Some(SectionText::Mime),
+                Some(SectionText::HeaderFields(fields())),
+                Some(SectionText::HeaderFieldsNot(fields())),
+            ] {
+                msg.section(&sec(part, text));
+            }
+            let _ = msg.binary(part);
+        }
+        msg.header_values("subject");
+        msg.header_values("from");
+        msg.search_text();
+        let _ = sent_date_with_zone(raw);
+    }
+
+    fn check_invariants(raw: &[u8], msg: &MimeMessage<'_>) {
+        let root = &msg.parts[0];
+        assert_eq!(root.pos, 0);
+        assert_eq!(root.body_end, raw.len(), "the root part covers the whole message");
+        for (id, part) in msg.parts.iter().enumerate() {
+            assert!(part.pos <= part.hdr_end && part.hdr_end <= part.body_end);
+            assert!(part.body_end <= raw.len());
+            if let Some(parent) = part.parent {
+                let parent = &msg.parts[parent];
+                assert!(parent.hdr_end <= part.pos && part.body_end <= parent.body_end);
+                assert!(parent.children.contains(&id));
+            }
+            for pair in part.children.windows(2) {
+                assert!(msg.parts[pair[0]].body_end <= msg.parts[pair[1]].pos);
+            }
+            if part.flags & F_RFC822 != 0 {
+                assert_eq!(part.children.len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_prefixes_of_every_corpus_message_never_panic() {
+        for (name, raw) in corpus() {
+            for len in 0..=raw.len() {
+                let prefix = &raw[..len];
+                let result = std::panic::catch_unwind(|| exercise(prefix));
+                assert!(result.is_ok(), "{name} cut to {len} bytes panicked");
+            }
+            // The free functions parse on their own.
+            envelope(&raw);
+            body_structure(&raw, true);
+            section(&raw, &sec(&[1], None));
+            let _ = binary(&raw, &[1]);
+            let _ = binary_content(&raw, &[]);
+            header_values(&raw, "To");
+            search_text(&raw);
+            sent_date(&raw);
+        }
+    }
+
+    #[test]
+    fn mutated_corpus_messages_never_panic() {
+        // A small deterministic PRNG: byte flips, deletions and insertions of MIME-relevant
+        // bytes at random places.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const INTERESTING: &[u8] = b"\r\n-:;=\"()<>@,\\ \t\0\x80*'%?/";
+        for (name, raw) in corpus() {
+            for round in 0..200 {
+                let mut m = raw.clone();
+                for _ in 0..(1 + next() % 8) {
+                    let at = if m.is_empty() { 0 } else { (next() as usize) % m.len() };
+                    let c = INTERESTING[(next() as usize) % INTERESTING.len()];
+                    match next() % 3 {
+                        0 if at < m.len() => m[at] = c,
+                        1 if at < m.len() => {
+                            m.remove(at);
+                        }
+                        _ => m.insert(at, c),
+                    }
+                }
+                let result = std::panic::catch_unwind(|| exercise(&m));
+                assert!(result.is_ok(), "{name} mutation {round} panicked: {:?}", s(&m));
+            }
+        }
+    }
+
+    #[test]
+    fn pathological_inputs_never_panic() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\n".to_vec(),
+            b"\r".to_vec(),
+            b"\r\n\r\n".to_vec(),
+            b":".to_vec(),
+            b"--".to_vec(),
+            b"\0\0\0".to_vec(),
+            b" continuation first\r\n\r\nbody".to_vec(),
+            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n--\r\n----\r\n".to_vec(),
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b".to_vec(),
+            b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b--".to_vec(),
+            b"Content-Type: message/rfc822\r\n\r\n".to_vec(),
+            b"Content-Type: message/rfc822".to_vec(),
+            b"Content-Type: multipart/digest; boundary=d\n\n--d\n\n--d\n".to_vec(),
+            b"Content-Transfer-Encoding: base64\n\n====\n".to_vec(),
+            b"Content-Transfer-Encoding: base64\n\nQ\n".to_vec(),
+            b"Content-Transfer-Encoding: quoted-printable\n\n=\n=4\n=ZZ\n= \n=\r".to_vec(),
+            b"Content-Transfer-Encoding:\n folded\n\nx".to_vec(),
+            b"Content-Type: text/plain; a*=x; a*0=y; a*1*=z; a*9999999999999=w; *=v\n\n".to_vec(),
+            b"Content-Language: ,,,\nContent-Disposition: ;;=;\n\n".to_vec(),
+            b"From: \\\nTo: \"\\\nCc: (\\\nBcc: <\nSender: @\nReply-To: a@[\\\n\n".to_vec(),
+            b"From: ;;;,,,:::<<<>>>@@@...\"\"\"\n\n".to_vec(),
+            b"Date: \xff\xfe\nDate: 99 Foo 99999 99:99:99 +9999\n\n".to_vec(),
+        ];
+        // Deep nesting: multiparts, message/rfc822 chains, comments, groups.
+        let mut deep = Vec::new();
+        for i in 0..5000 {
+            deep.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").as_bytes(),
+            );
+        }
+        inputs.push(deep);
+        inputs.push(b"Content-Type: message/rfc822\n\n".repeat(5000));
+        let mut comment = b"From: ".to_vec();
+        comment.extend(std::iter::repeat_n(b'(', 100_000));
+        comment.extend_from_slice(b"\n\n");
+        inputs.push(comment);
+        inputs.push(
+            [b"To: ".to_vec(), b"g:".repeat(10_000), b";".repeat(10_000)].concat(),
+        );
+        inputs.push([b"Subject: ".to_vec(), vec![b'x'; 200_000]].concat());
+        inputs.push(b"\n--b\n".repeat(20_000));
+        // Many parts: more than Dovecot's total part limit.
+        let mut many = b"Content-Type: multipart/mixed; boundary=m\n\n".to_vec();
+        many.extend(b"--m\n\nx\n".repeat(10_100));
+        inputs.push(many);
+        for input in &inputs {
+            let result = std::panic::catch_unwind(|| exercise(input));
+            assert!(result.is_ok(), "panicked on {:?}", s(&input[..input.len().min(200)]));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_becomes_opaque() {
+        let mut deep = b"MIME-Version: 1.0\n".to_vec();
+        for i in 0..150 {
+            deep.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").as_bytes(),
+            );
+        }
+        deep.extend_from_slice(b"Content-Type: text/plain\n\nbottom\n");
+        let msg = MimeMessage::parse(&deep);
+        assert!(msg.parts.len() <= MAX_NESTED_PARTS as usize + 1);
+        let bs = s(&msg.body_structure(true));
+        assert!(bs.contains("\"application\" \"octet-stream\" (\"boundary\" \"b99\")"));
+        assert_eq!(bs.matches('(').count(), bs.matches(')').count());
+        let path = vec![1; 99];
+        assert!(msg.section(&sec(&path, None)).is_some());
+        assert!(msg.section(&sec(&vec![1; 101], None)).is_none());
+    }
+
+    #[test]
+    fn envelope_of_a_simple_message() {
+        let raw = corpus_file("01-simple-text");
+        assert_eq!(
+            s(&envelope(&raw)),
+            "(\"Mon, 3 Jun 2024 10:00:00 +0200\" \"Hello Bob\" \
+             ((\"Alice Example\" NIL \"alice\" \"example.com\")) \
+             ((\"Alice Example\" NIL \"alice\" \"example.com\")) \
+             ((\"Alice Example\" NIL \"alice\" \"example.com\")) \
+             ((\"Bob Example\" NIL \"bob\" \"example.org\")) NIL NIL NIL \
+             \"<simple-1@example.com>\")"
+        );
+        assert_eq!(
+            s(&body_structure(&raw, true)),
+            "(\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 50 5 NIL NIL NIL NIL)"
+        );
+        assert_eq!(
+            s(&body_structure(&raw, false)),
+            "(\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 50 5)"
+        );
+    }
+
+    #[test]
+    fn envelope_groups_missing_fields_and_raw_encoded_words() {
+        let raw = b"To: Team: a@example.com, \"Bob, Jr.\" <bob@example.com>;, c@example.com\r\n\
+                    Cc: undisclosed-recipients:;\r\n\
+                    Subject: =?UTF-8?Q?caf=C3=A9?= two\r\n  spaces\r\n\r\nbody";
+        assert_eq!(
+            s(&envelope(raw)),
+            "(NIL {23}\r\n=?UTF-8?Q?caf=C3=A9?= two spaces NIL NIL NIL \
+             ((NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"example.com\")\
+             (\"Bob, Jr.\" NIL \"bob\" \"example.com\")(NIL NIL NIL NIL)\
+             (NIL NIL \"c\" \"example.com\")) \
+             ((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL)"
+        );
+        // Strings: escapes, and literals for 8-bit, CR/LF and more than four escapes.
+        let mut out = Vec::new();
+        append_nstring(&mut out, Some(b"a\"b\\c"));
+        append_nstring(&mut out, Some(b"\xc3\xa9"));
+        append_nstring(&mut out, Some(b"\"\"\"\"\""));
+        append_nstring(&mut out, None);
+        assert_eq!(s(&out), "\"a\\\"b\\\\c\"{2}\r\n\u{e9}{5}\r\n\"\"\"\"\"NIL");
+    }
+
+    #[test]
+    fn bodystructure_defaults_and_message_rfc822() {
+        // No Content-Type, no MIME-Version: text/plain us-ascii 7bit, lines counted.
+        let raw = b"Subject: x\n\nline 1\nline 2\n";
+        assert_eq!(
+            s(&body_structure(raw, true)),
+            "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 16 2 NIL NIL NIL NIL)"
+        );
+        // Content-* headers without MIME-Version and Content-Type are ignored.
+        let raw = b"Content-Transfer-Encoding: base64\n\naGk=\n";
+        assert!(s(&body_structure(raw, false)).contains("\"7bit\""));
+        assert_eq!(binary(raw, &[1]).unwrap(), b"hi");
+
+        let raw = corpus_file("03-rfc822-attached");
+        let bs = s(&body_structure(&raw, true));
+        assert!(bs.contains("(\"message\" \"rfc822\" NIL NIL \"Forwarded message\" \"7bit\""));
+        assert!(bs.contains("(\"Mon, 3 Jun 2024 17:45:00 -0400\" \"Quarterly report\""));
+        assert!(bs.ends_with("\"mixed\" (\"boundary\" \"fwd-boundary\") NIL NIL NIL)"));
+    }
+
+    #[test]
+    fn sections_of_a_single_part_message() {
+        let raw = b"From: a@example.com\nSubject: hi\n there\nX-Other: 1\n\nline\n";
+        let whole = section(raw, &sec(&[], None)).unwrap();
+        assert_eq!(s(&whole), s(&crlf(raw)));
+        assert_eq!(
+            s(&section(raw, &sec(&[], Some(SectionText::Header))).unwrap()),
+            "From: a@example.com\r\nSubject: hi\r\n there\r\nX-Other: 1\r\n\r\n"
+        );
+        assert_eq!(s(&section(raw, &sec(&[], Some(SectionText::Text))).unwrap()), "line\r\n");
+        // `1` of a non-multipart message is its body, `1.MIME` its header.
+        assert_eq!(s(&section(raw, &sec(&[1], None)).unwrap()), "line\r\n");
+        assert!(s(&section(raw, &sec(&[1], Some(SectionText::Mime))).unwrap())
+            .starts_with("From: "));
+        assert_eq!(section(raw, &sec(&[2], None)), None);
+        assert_eq!(section(raw, &sec(&[1, 1], None)), None);
+        assert_eq!(section(raw, &sec(&[1], Some(SectionText::Header))), None);
+        assert_eq!(section(raw, &sec(&[], Some(SectionText::Mime))), None);
+        let fields = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            s(&section(
+                raw,
+                &sec(&[], Some(SectionText::HeaderFields(fields(&["subject", "X-OTHER"]))))
+            )
+            .unwrap()),
+            "Subject: hi\r\n there\r\nX-Other: 1\r\n\r\n"
+        );
+        assert_eq!(
+            s(&section(
+                raw,
+                &sec(&[], Some(SectionText::HeaderFieldsNot(fields(&["Subject"]))))
+            )
+            .unwrap()),
+            "From: a@example.com\r\nX-Other: 1\r\n\r\n"
+        );
+        // NULs are sent as 0x80.
+        let raw = b"Subject: a\0b\n\nx\0y";
+        assert_eq!(section(raw, &sec(&[], Some(SectionText::Text))).unwrap(), b"x\x80y");
+    }
+
+    #[test]
+    fn sections_of_nested_parts() {
+        let raw = corpus_file("03-rfc822-attached");
+        // 2 is message/rfc822: 2.HEADER and 2.TEXT are the encapsulated message's,
+        // 2.1 is the first part inside it.
+        let hdr = s(&section(&raw, &sec(&[2], Some(SectionText::Header))).unwrap());
+        assert!(hdr.starts_with("Date: Mon, 3 Jun 2024 17:45:00 -0400\r\n"));
+        assert!(hdr.ends_with("boundary=\"inner-alt\"\r\n\r\n"));
+        let inner = s(&section(&raw, &sec(&[2, 1], None)).unwrap());
+        assert!(inner.starts_with("Numbers are up =E2=80=94"));
+        let mime = s(&section(&raw, &sec(&[2], Some(SectionText::Mime))).unwrap());
+        assert!(mime.starts_with("Content-Type: message/rfc822\r\n"));
+        assert_eq!(
+            s(&section(&raw, &sec(&[2], Some(SectionText::HeaderFields(vec!["subject".into()]))))
+                .unwrap()),
+            "Subject: Quarterly report\r\n\r\n"
+        );
+        assert_eq!(section(&raw, &sec(&[1], Some(SectionText::Text))), None);
+        assert_eq!(section(&raw, &sec(&[4], None)), None);
+        assert_eq!(binary(&raw, &[2, 1]).unwrap(), "Numbers are up \u{2014} see attached.\r\nLong line that is soft wrapped.\r\n".as_bytes());
+    }
+
+    #[test]
+    fn bare_lf_counts_as_crlf() {
+        let raw = corpus_file("12-bare-lf");
+        let bs = s(&body_structure(&raw, false));
+        // "Line one.\nLine two.\n\n" is 21 bytes stored, 24 sent.
+        assert!(bs.contains("\"7bit\" 24 3"), "{bs}");
+        let part = section(&raw, &sec(&[1], None)).unwrap();
+        assert_eq!(s(&part), "Line one.\r\nLine two.\r\n\r\n");
+    }
+
+    #[test]
+    fn broken_multiparts() {
+        // The closing boundary is missing: the last part runs to the end.
+        let raw = corpus_file("08-missing-close-boundary");
+        let two = s(&section(&raw, &sec(&[2], None)).unwrap());
+        assert_eq!(two, "Second part, and the message ends without --b8--.\r\n");
+        // The boundary never appears: no parts, one empty text part is reported.
+        let raw = corpus_file("09-boundary-never-appears");
+        assert!(s(&body_structure(&raw, false)).starts_with(&s(EMPTY_BODY)));
+        assert_eq!(section(&raw, &sec(&[1], None)), None);
+    }
+
+    #[test]
+    fn binary_decodes_and_refuses_unknown_encodings() {
+        let raw = b"MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n\
+                    --b\nContent-Transfer-Encoding: base64\n\nAAEC/w==\n\
+                    --b\nContent-Transfer-Encoding: quoted-printable\n\na=3Db=\nc  \nd\n\
+                    --b\nContent-Transfer-Encoding: x-uuencode\n\nbegin\n\
+                    --b--\n";
+        let one = binary_content(raw, &[1]).unwrap();
+        assert_eq!(one.data, [0, 1, 2, 255]);
+        assert!(one.literal8);
+        assert_eq!(binary(raw, &[2]).unwrap(), b"a=bc\r\nd");
+        assert_eq!(binary(raw, &[3]), Err(BinaryError::UnknownCte));
+        assert_eq!(binary(raw, &[]), Err(BinaryError::UnknownCte));
+        assert_eq!(binary(raw, &[4]), Err(BinaryError::NoSuchPart));
+        let plain = binary_content(b"Subject: x\n\nhello\n", &[1]).unwrap();
+        assert_eq!(plain.data, b"hello\r\n");
+        assert!(!plain.literal8);
+        let nul = binary_content(b"Subject: x\n\nhel\0lo\n", &[1]).unwrap();
+        assert_eq!(nul.data, b"hel\0lo\r\n");
+        assert!(nul.literal8);
+    }
+
+    #[test]
+    fn decoders() {
+        assert_eq!(base64_decode(b"aGVs\r\nbG8=\r\n"), b"hello");
+        assert_eq!(base64_decode(b"aGVsbG8"), b"hello");
+        assert_eq!(qp_decode(b"caf=C3=A9 =\r\nok \t\r\nend=3d"), "café ok\r\nend=".as_bytes());
+        assert_eq!(qp_decode(b"bad =ZZ =4"), b"bad =ZZ =4");
+        assert_eq!(crlf(b"a\nb\r\nc\rd\n"), b"a\r\nb\r\nc\rd\r\n");
+        assert_eq!(virtual_size(b"a\nb\r\n"), 6);
+    }
+
+    #[test]
+    fn search_helpers() {
+        let raw = corpus_file("04-encoded-words");
+        assert_eq!(
+            header_values(&raw, "subject"),
+            vec!["Grüße aus München and Hello Wörld".to_string()]
+        );
+        let from = header_values(&raw, "From");
+        assert_eq!(from.len(), 1);
+        assert!(from[0].starts_with("Jürgen Müller"), "{from:?}");
+        assert!(header_values(&raw, "X-Missing").is_empty());
+        // Quoted-printable ISO-8859-1 body.
+        assert_eq!(search_text(&raw), "Grüße aus München, voilà.\r\n");
+        // Base64 text inside a multipart; the image is not text.
+        let raw = corpus_file("25-top-rfc822");
+        let text = search_text(&raw);
+        assert!(text.contains("Wrapped part one."), "{text}");
+        assert!(text.contains("Wrapped part two ✓"), "{text}");
+        let raw = corpus_file("01-simple-text");
+        assert_eq!(sent_date(&raw), Some(1_717_401_600));
+        assert_eq!(sent_date_with_zone(&raw), Some((1_717_401_600, 120)));
+        assert_eq!(sent_date(&corpus_file("14-missing-headers")), None);
+        assert_eq!(sent_date(b"Date: not a date\n\n"), None);
+        let folded = corpus_file("23-folded-headers");
+        assert_eq!(sent_date(&folded), Some(1_719_050_400));
+        assert_eq!(header_values(&folded, "to").len(), 2);
+    }
 }

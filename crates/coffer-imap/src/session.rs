@@ -52,6 +52,8 @@ pub enum Done {
     /// Tagged response text (e.g. "OK [READ-WRITE] SELECT completed").
     Tagged(String),
     StartTls,
+    /// COMPRESS DEFLATE accepted: switch the stream after the tagged OK.
+    Compress,
     Idle,
     Logout,
     /// Untagged BYE and close.
@@ -118,6 +120,7 @@ pub struct Session {
     /// Whether the command being answered may be followed by EXPUNGE responses: not after
     /// FETCH, STORE or SEARCH by sequence number (RFC 9051 §7.5.1).
     expunge_ok: bool,
+    compressed: bool,
 }
 
 fn map_mail_error(e: &MailError) -> Done {
@@ -172,6 +175,7 @@ impl Session {
             qresync: false,
             errors: 0,
             expunge_ok: true,
+            compressed: false,
         }
     }
 
@@ -214,13 +218,17 @@ impl Session {
             "CONDSTORE",
             "QRESYNC",
             "ESEARCH",
-            "SEARCHRES",
             "STATUS=SIZE",
             "UTF8=ACCEPT",
             "BINARY",
             "MULTIAPPEND",
             "QUOTA",
             "QUOTA=RES-STORAGE",
+            "SORT",
+            "SORT=DISPLAY",
+            "COMPRESS=DEFLATE",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
         ]);
         let mut s = caps.join(" ");
         s.push_str(&format!(
@@ -394,6 +402,23 @@ impl Session {
                         _ => return self.end(),
                     }
                 }
+                Done::Compress => {
+                    if write_now(
+                        &mut reader,
+                        format!("{tag} OK DEFLATE active\r\n").as_bytes(),
+                    )
+                    .await
+                    .is_err()
+                    {
+                        break;
+                    }
+                    let io = reader.into_inner();
+                    reader = BufReader::with_capacity(
+                        16 * 1024,
+                        Io::Deflate(Box::new(crate::connection::Deflate::new(io))),
+                    );
+                    self.compressed = true;
+                }
                 Done::Idle => match self.idle(&mut reader, &tag).await {
                     Ok(true) => {}
                     _ => break,
@@ -551,8 +576,28 @@ impl Session {
             C::GetQuota(root) => self.get_quota(&root, out).await,
             C::GetQuotaRoot(mailbox) => self.get_quota_root(&mailbox, out).await,
             C::SetQuota => Done::no("[NOPERM] Quotas are set by the operator"),
-            C::Sort { .. } | C::Thread { .. } => Done::bad("SORT and THREAD are not supported yet"),
-            C::Compress(_) => Done::no("COMPRESS is not supported yet"),
+            C::Sort {
+                uid,
+                criteria,
+                charset,
+                key,
+                ..
+            } => self.sort(uid, &criteria, &charset, &key, out).await,
+            C::Thread {
+                uid,
+                algorithm,
+                charset,
+                key,
+            } => self.thread(uid, algorithm, &charset, &key, out).await,
+            C::Compress(alg) => {
+                if alg != "DEFLATE" {
+                    Done::bad("Unknown compression algorithm")
+                } else if self.compressed {
+                    Done::no("[COMPRESSIONACTIVE] Compression is already active")
+                } else {
+                    Done::Compress
+                }
+            }
         }
     }
 

@@ -817,3 +817,205 @@ async fn connections_per_address_are_limited() {
         .unwrap();
     assert!(l.starts_with("* BYE"), "{l}");
 }
+
+// --- SORT, THREAD (RFC 5256), COMPRESS (RFC 4978), MIME answers -------------------------
+
+fn threaded(subject: &str, id: &str, refs: &str, date: &str) -> String {
+    let refs = if refs.is_empty() {
+        String::new()
+    } else {
+        format!("References: {refs}\r\n")
+    };
+    format!("From: x@example.org\r\nSubject: {subject}\r\nMessage-ID: {id}\r\n{refs}Date: {date}\r\n\r\nbody\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sort_and_thread() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    append(
+        &mut c,
+        "INBOX",
+        "",
+        &threaded("Plans", "<1@x>", "", "Mon, 1 Jan 2024 10:00:00 +0000"),
+    )
+    .await;
+    append(
+        &mut c,
+        "INBOX",
+        "",
+        &threaded(
+            "Re: Plans",
+            "<2@x>",
+            "<1@x>",
+            "Mon, 1 Jan 2024 12:00:00 +0000",
+        ),
+    )
+    .await;
+    append(
+        &mut c,
+        "INBOX",
+        "",
+        &threaded("Another", "<3@x>", "", "Sun, 31 Dec 2023 09:00:00 +0000"),
+    )
+    .await;
+    append(
+        &mut c,
+        "INBOX",
+        "",
+        &threaded(
+            "Re: Plans",
+            "<4@x>",
+            "<1@x> <2@x>",
+            "Tue, 2 Jan 2024 08:00:00 +0000",
+        ),
+    )
+    .await;
+    c.ok("a1", "SELECT INBOX").await;
+    assert_eq!(
+        c.ok("a2", "SORT (DATE) UTF-8 ALL").await[0],
+        "* SORT 3 1 2 4"
+    );
+    assert_eq!(
+        c.ok("a3", "SORT (REVERSE DATE) UTF-8 ALL").await[0],
+        "* SORT 4 2 1 3"
+    );
+    assert_eq!(
+        c.ok("a4", "SORT (SUBJECT DATE) UTF-8 ALL").await[0],
+        "* SORT 3 1 2 4"
+    );
+    assert_eq!(
+        c.ok("a5", "UID SORT (ARRIVAL) UTF-8 NOT SUBJECT Another")
+            .await[0],
+        "* SORT 1 2 4"
+    );
+    assert_eq!(
+        c.ok("a6", "THREAD REFERENCES UTF-8 ALL").await[0],
+        "* THREAD (3)(1 2 4)"
+    );
+    assert_eq!(
+        c.ok("a7", "THREAD ORDEREDSUBJECT UTF-8 ALL").await[0],
+        "* THREAD (3)(1 (2)(4))"
+    );
+    let r = c.cmd("a8", "SORT (DATE) KOI8-R ALL").await;
+    assert!(r.last().unwrap().contains("BADCHARSET"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compress_deflate_carries_the_session() {
+    use std::io::{Read, Write};
+    let s = server().await;
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"* OK"));
+        tcp.write_all(format!("a1 LOGIN alice \"{PW}\"\r\n").as_bytes())
+            .unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("a1 OK") {
+            let n = tcp.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(b"a2 COMPRESS DEFLATE\r\n").unwrap();
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("\r\n") {
+            let n = tcp.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            String::from_utf8_lossy(&got).starts_with("a2 OK"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        // From here on, raw DEFLATE both ways (an independent implementation: flate2 here).
+        let mut comp = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut decomp = flate2::Decompress::new(false);
+        let mut send = |tcp: &mut std::net::TcpStream, text: &str| {
+            let mut out = Vec::with_capacity(text.len() * 2 + 1024);
+            let before = comp.total_in();
+            comp.compress_vec(text.as_bytes(), &mut out, flate2::FlushCompress::Sync)
+                .unwrap();
+            assert_eq!(
+                (comp.total_in() - before) as usize,
+                text.len(),
+                "all input compressed"
+            );
+            tcp.write_all(&out).unwrap();
+        };
+        let mut recv_until = |tcp: &mut std::net::TcpStream, needle: &str| -> String {
+            let mut plain = Vec::new();
+            while !String::from_utf8_lossy(&plain).contains(needle) {
+                let n = tcp.read(&mut buf).unwrap_or_else(|e| {
+                    panic!(
+                        "waiting for {needle:?}: {e}; got {:?}",
+                        String::from_utf8_lossy(&plain)
+                    )
+                });
+                assert!(n > 0, "closed; got {}", String::from_utf8_lossy(&plain));
+                let mut out = Vec::with_capacity(65536);
+                decomp
+                    .decompress_vec(&buf[..n], &mut out, flate2::FlushDecompress::None)
+                    .unwrap();
+                plain.extend_from_slice(&out);
+            }
+            String::from_utf8_lossy(&plain).into_owned()
+        };
+        send(&mut tcp, "a3 SELECT INBOX\r\n");
+        let r = recv_until(&mut tcp, "a3 OK");
+        assert!(r.contains("* 0 EXISTS"), "{r}");
+        let big = "x".repeat(20_000);
+        send(
+            &mut tcp,
+            &format!("a4 APPEND INBOX {{{}+}}\r\n{big}\r\n", big.len()),
+        );
+        let r = recv_until(&mut tcp, "a4 OK");
+        assert!(r.contains("APPENDUID"), "{r}");
+        send(&mut tcp, "a5 FETCH 1 BODY.PEEK[]\r\n");
+        let r = recv_until(&mut tcp, "a5 OK");
+        assert!(r.contains(&big), "the body came back through DEFLATE");
+        send(&mut tcp, "a6 COMPRESS DEFLATE\r\n");
+        let r = recv_until(&mut tcp, "a6 ");
+        assert!(r.contains("a6 NO [COMPRESSIONACTIVE]"), "{r}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envelope_bodystructure_and_sections() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    let msg = "From: \"Doe, Jane\" <jane@example.org>\r\nTo: bob@example.org\r\nSubject: =?UTF-8?Q?caf=C3=A9?=\r\nDate: Mon, 7 Feb 1994 21:52:25 -0800\r\nMessage-ID: <m1@example.org>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b1\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\nAAECAw==\r\n--b1--\r\n";
+    append(&mut c, "INBOX", "", msg).await;
+    c.ok("a1", "SELECT INBOX").await;
+    let r = c.ok("a2", "FETCH 1 ENVELOPE").await;
+    assert!(r[0].contains("\"Mon, 7 Feb 1994 21:52:25 -0800\" \"=?UTF-8?Q?caf=C3=A9?=\" ((\"Doe, Jane\" NIL \"jane\" \"example.org\"))"), "{r:?}");
+    assert!(r[0].contains("\"<m1@example.org>\""), "{r:?}");
+    let r = c.ok("a3", "FETCH 1 BODYSTRUCTURE").await;
+    assert!(
+        r[0].contains("\"mixed\"")
+            && r[0]
+                .to_ascii_lowercase()
+                .contains("\"application\" \"octet-stream\""),
+        "{r:?}"
+    );
+    let r = c
+        .ok(
+            "a4",
+            "FETCH 1 (BODY.PEEK[1] BODY.PEEK[2.MIME] BINARY.PEEK[2] BINARY.SIZE[2])",
+        )
+        .await;
+    assert!(r[0].contains("BODY[1] {5}\r\nhello"), "{r:?}");
+    assert!(r[0].contains("BINARY.SIZE[2] 4"), "{r:?}");
+    assert!(
+        r[0].contains("BINARY[2] ~{4}\r\n\u{0}\u{1}\u{2}\u{3}"),
+        "literal8 for binary data: {r:?}"
+    );
+    let r = c.ok("a5", "SEARCH SUBJECT \"café\"").await;
+    assert_eq!(r[0], "* SEARCH 1", "encoded words are decoded for SEARCH");
+    let r = c.ok("a6", "SEARCH FROM jane BODY hello").await;
+    assert_eq!(r[0], "* SEARCH 1");
+}
