@@ -405,12 +405,21 @@ impl Session {
         let Some(sel) = &self.selected else {
             return Ok(());
         };
-        let entries = self
-            .ctx
-            .mail
-            .flags_view(session, sel.mailbox.id)
-            .await
-            .map_err(mail_err)?;
+        // A few messages: read just those rows; many: the whole mailbox at once.
+        let entries = if uids.len() <= 256 {
+            let wanted: Vec<Uid> = uids.iter().filter_map(|u| Uid::new(*u)).collect();
+            self.ctx
+                .mail
+                .flags_for(session, sel.mailbox.id, &wanted)
+                .await
+                .map_err(mail_err)?
+        } else {
+            self.ctx
+                .mail
+                .flags_view(session, sel.mailbox.id)
+                .await
+                .map_err(mail_err)?
+        };
         let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
         let Some(sel) = self.selected.as_mut() else {
             return Ok(());

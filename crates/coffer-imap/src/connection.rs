@@ -235,7 +235,9 @@ pub struct FrameLimits {
 
 /// What reading one command produced.
 pub enum Frame {
-    Command(Vec<u8>),
+    /// The command text (literal markers included, each followed by CRLF) and the literal
+    /// contents in order.
+    Command(Vec<u8>, Vec<Vec<u8>>),
     /// A line longer than the limit: the connection must end with BYE.
     LineTooLong,
     /// A synchronizing literal over the limit: answer the tag with NO [TOOBIG]; the
@@ -308,22 +310,23 @@ fn is_append(line: &[u8]) -> bool {
 
 /// Reads one command, answering synchronizing literals with a continuation request.
 pub async fn read_command(r: &mut Reader, limits: &FrameLimits) -> io::Result<Frame> {
-    let mut buf = Vec::new();
+    let mut text = Vec::new();
+    let mut literals = Vec::new();
     let mut total: u64 = 0;
     let mut append = None;
     loop {
-        let line_start = buf.len();
-        match read_line(r, limits.max_line, &mut buf).await? {
+        let line_start = text.len();
+        match read_line(r, limits.max_line, &mut text).await? {
             None => return Ok(Frame::Eof),
             Some(Err(())) => return Ok(Frame::LineTooLong),
             Some(Ok(())) => {}
         }
-        let line = &buf[line_start..];
+        let line = &text[line_start..];
         let append_cmd = *append.get_or_insert_with(|| is_append(line));
         let Some(lit) = trailing_literal(line) else {
-            return Ok(Frame::Command(buf));
+            return Ok(Frame::Command(text, literals));
         };
-        let tag = first_token(&buf);
+        let tag = first_token(&text);
         let limit = if append_cmd {
             limits.max_append_literal
         } else {
@@ -333,7 +336,7 @@ pub async fn read_command(r: &mut Reader, limits: &FrameLimits) -> io::Result<Fr
             Ok(x) => x,
             Err(()) => return Ok(Frame::NonSyncLiteralTooBig { tag }),
         };
-        total += n + line.len() as u64;
+        total += n + (text.len() - line_start) as u64;
         if n > limit || total > limits.max_command {
             if non_sync {
                 return Ok(Frame::NonSyncLiteralTooBig { tag });
@@ -345,9 +348,9 @@ pub async fn read_command(r: &mut Reader, limits: &FrameLimits) -> io::Result<Fr
             w.write_all(b"+ OK\r\n").await?;
             w.flush().await?;
         }
-        buf.extend_from_slice(b"\r\n");
-        let at = buf.len();
-        buf.resize(at + n as usize, 0);
-        r.read_exact(&mut buf[at..]).await?;
+        text.extend_from_slice(b"\r\n");
+        let mut data = vec![0; n as usize];
+        r.read_exact(&mut data).await?;
+        literals.push(data);
     }
 }

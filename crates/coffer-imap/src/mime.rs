@@ -2695,7 +2695,16 @@ mod tests {
         msg.body_structure(true);
         msg.body_structure(false);
         let fields = || vec!["From".to_string(), "Subject".to_string()];
-        for part in [&[][..], &[1], &[2], &[1, 1], &[1, 2], &[2, 1], &[3], &[1, 1, 1]] {
+        for part in [
+            &[][..],
+            &[1],
+            &[2],
+            &[1, 1],
+            &[1, 2],
+            &[2, 1],
+            &[3],
+            &[1, 1, 1],
+        ] {
             for text in [
                 None,
                 Some(SectionText::Header),
@@ -2717,7 +2726,11 @@ mod tests {
     fn check_invariants(raw: &[u8], msg: &MimeMessage<'_>) {
         let root = &msg.parts[0];
         assert_eq!(root.pos, 0);
-        assert_eq!(root.body_end, raw.len(), "the root part covers the whole message");
+        assert_eq!(
+            root.body_end,
+            raw.len(),
+            "the root part covers the whole message"
+        );
         for (id, part) in msg.parts.iter().enumerate() {
             assert!(part.pos <= part.hdr_end && part.hdr_end <= part.body_end);
             assert!(part.body_end <= raw.len());
@@ -2738,7 +2751,10 @@ mod tests {
     #[test]
     fn truncated_prefixes_of_every_corpus_message_never_panic() {
         for (name, raw) in corpus() {
-            for len in 0..=raw.len() {
+            // Every prefix of the small messages; of the two big deep-nesting ones, every
+            // seventh (each parse is linear, all prefixes would be quadratic).
+            let step = if raw.len() > 4000 { 7 } else { 1 };
+            for len in (0..=raw.len()).step_by(step) {
                 let prefix = &raw[..len];
                 let result = std::panic::catch_unwind(|| exercise(prefix));
                 assert!(result.is_ok(), "{name} cut to {len} bytes panicked");
@@ -2771,7 +2787,11 @@ mod tests {
             for round in 0..200 {
                 let mut m = raw.clone();
                 for _ in 0..(1 + next() % 8) {
-                    let at = if m.is_empty() { 0 } else { (next() as usize) % m.len() };
+                    let at = if m.is_empty() {
+                        0
+                    } else {
+                        (next() as usize) % m.len()
+                    };
                     let c = INTERESTING[(next() as usize) % INTERESTING.len()];
                     match next() % 3 {
                         0 if at < m.len() => m[at] = c,
@@ -2782,7 +2802,11 @@ mod tests {
                     }
                 }
                 let result = std::panic::catch_unwind(|| exercise(&m));
-                assert!(result.is_ok(), "{name} mutation {round} panicked: {:?}", s(&m));
+                assert!(
+                    result.is_ok(),
+                    "{name} mutation {round} panicked: {:?}",
+                    s(&m)
+                );
             }
         }
     }
@@ -2827,9 +2851,7 @@ mod tests {
         comment.extend(std::iter::repeat_n(b'(', 100_000));
         comment.extend_from_slice(b"\n\n");
         inputs.push(comment);
-        inputs.push(
-            [b"To: ".to_vec(), b"g:".repeat(10_000), b";".repeat(10_000)].concat(),
-        );
+        inputs.push([b"To: ".to_vec(), b"g:".repeat(10_000), b";".repeat(10_000)].concat());
         inputs.push([b"Subject: ".to_vec(), vec![b'x'; 200_000]].concat());
         inputs.push(b"\n--b\n".repeat(20_000));
         // Many parts: more than Dovecot's total part limit.
@@ -2838,7 +2860,11 @@ mod tests {
         inputs.push(many);
         for input in &inputs {
             let result = std::panic::catch_unwind(|| exercise(input));
-            assert!(result.is_ok(), "panicked on {:?}", s(&input[..input.len().min(200)]));
+            assert!(
+                result.is_ok(),
+                "panicked on {:?}",
+                s(&input[..input.len().min(200)])
+            );
         }
     }
 
@@ -2847,14 +2873,15 @@ mod tests {
         let mut deep = b"MIME-Version: 1.0\n".to_vec();
         for i in 0..150 {
             deep.extend_from_slice(
-                format!("Content-Type: multipart/mixed; boundary=\"b{i}\"\n\n--b{i}\n").as_bytes(),
+                format!("Content-Type: multipart/mixed; boundary=\"b{i}x\"\n\n--b{i}x\n")
+                    .as_bytes(),
             );
         }
         deep.extend_from_slice(b"Content-Type: text/plain\n\nbottom\n");
         let msg = MimeMessage::parse(&deep);
-        assert!(msg.parts.len() <= MAX_NESTED_PARTS as usize + 1);
+        assert_eq!(msg.parts.len(), MAX_NESTED_PARTS as usize);
         let bs = s(&msg.body_structure(true));
-        assert!(bs.contains("\"application\" \"octet-stream\" (\"boundary\" \"b99\")"));
+        assert!(bs.contains("\"application\" \"octet-stream\" (\"boundary\" \"b99x\")"));
         assert_eq!(bs.matches('(').count(), bs.matches(')').count());
         let path = vec![1; 99];
         assert!(msg.section(&sec(&path, None)).is_some());
@@ -2890,7 +2917,7 @@ mod tests {
                     Subject: =?UTF-8?Q?caf=C3=A9?= two\r\n  spaces\r\n\r\nbody";
         assert_eq!(
             s(&envelope(raw)),
-            "(NIL {23}\r\n=?UTF-8?Q?caf=C3=A9?= two spaces NIL NIL NIL \
+            "(NIL {32}\r\n=?UTF-8?Q?caf=C3=A9?= two spaces NIL NIL NIL \
              ((NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"example.com\")\
              (\"Bob, Jr.\" NIL \"bob\" \"example.com\")(NIL NIL NIL NIL)\
              (NIL NIL \"c\" \"example.com\")) \
@@ -2934,11 +2961,15 @@ mod tests {
             s(&section(raw, &sec(&[], Some(SectionText::Header))).unwrap()),
             "From: a@example.com\r\nSubject: hi\r\n there\r\nX-Other: 1\r\n\r\n"
         );
-        assert_eq!(s(&section(raw, &sec(&[], Some(SectionText::Text))).unwrap()), "line\r\n");
+        assert_eq!(
+            s(&section(raw, &sec(&[], Some(SectionText::Text))).unwrap()),
+            "line\r\n"
+        );
         // `1` of a non-multipart message is its body, `1.MIME` its header.
         assert_eq!(s(&section(raw, &sec(&[1], None)).unwrap()), "line\r\n");
-        assert!(s(&section(raw, &sec(&[1], Some(SectionText::Mime))).unwrap())
-            .starts_with("From: "));
+        assert!(
+            s(&section(raw, &sec(&[1], Some(SectionText::Mime))).unwrap()).starts_with("From: ")
+        );
         assert_eq!(section(raw, &sec(&[2], None)), None);
         assert_eq!(section(raw, &sec(&[1, 1], None)), None);
         assert_eq!(section(raw, &sec(&[1], Some(SectionText::Header))), None);
@@ -2947,7 +2978,10 @@ mod tests {
         assert_eq!(
             s(&section(
                 raw,
-                &sec(&[], Some(SectionText::HeaderFields(fields(&["subject", "X-OTHER"]))))
+                &sec(
+                    &[],
+                    Some(SectionText::HeaderFields(fields(&["subject", "X-OTHER"])))
+                )
             )
             .unwrap()),
             "Subject: hi\r\n there\r\nX-Other: 1\r\n\r\n"
@@ -2955,14 +2989,20 @@ mod tests {
         assert_eq!(
             s(&section(
                 raw,
-                &sec(&[], Some(SectionText::HeaderFieldsNot(fields(&["Subject"]))))
+                &sec(
+                    &[],
+                    Some(SectionText::HeaderFieldsNot(fields(&["Subject"])))
+                )
             )
             .unwrap()),
             "From: a@example.com\r\nX-Other: 1\r\n\r\n"
         );
         // NULs are sent as 0x80.
         let raw = b"Subject: a\0b\n\nx\0y";
-        assert_eq!(section(raw, &sec(&[], Some(SectionText::Text))).unwrap(), b"x\x80y");
+        assert_eq!(
+            section(raw, &sec(&[], Some(SectionText::Text))).unwrap(),
+            b"x\x80y"
+        );
     }
 
     #[test]
@@ -2978,23 +3018,34 @@ mod tests {
         let mime = s(&section(&raw, &sec(&[2], Some(SectionText::Mime))).unwrap());
         assert!(mime.starts_with("Content-Type: message/rfc822\r\n"));
         assert_eq!(
-            s(&section(&raw, &sec(&[2], Some(SectionText::HeaderFields(vec!["subject".into()]))))
-                .unwrap()),
+            s(&section(
+                &raw,
+                &sec(
+                    &[2],
+                    Some(SectionText::HeaderFields(vec!["subject".into()]))
+                )
+            )
+            .unwrap()),
             "Subject: Quarterly report\r\n\r\n"
         );
         assert_eq!(section(&raw, &sec(&[1], Some(SectionText::Text))), None);
         assert_eq!(section(&raw, &sec(&[4], None)), None);
-        assert_eq!(binary(&raw, &[2, 1]).unwrap(), "Numbers are up \u{2014} see attached.\r\nLong line that is soft wrapped.\r\n".as_bytes());
+        assert_eq!(
+            binary(&raw, &[2, 1]).unwrap(),
+            "Numbers are up \u{2014} see attached.\r\nLong line that is soft wrapped.\r\n"
+                .as_bytes()
+        );
     }
 
     #[test]
     fn bare_lf_counts_as_crlf() {
         let raw = corpus_file("12-bare-lf");
         let bs = s(&body_structure(&raw, false));
-        // "Line one.\nLine two.\n\n" is 21 bytes stored, 24 sent.
-        assert!(bs.contains("\"7bit\" 24 3"), "{bs}");
+        // "Line one.\nLine two.\n" is 20 bytes stored, 22 sent (the last LF before the
+        // boundary belongs to the boundary).
+        assert!(bs.contains("\"7bit\" 22 2"), "{bs}");
         let part = section(&raw, &sec(&[1], None)).unwrap();
-        assert_eq!(s(&part), "Line one.\r\nLine two.\r\n\r\n");
+        assert_eq!(s(&part), "Line one.\r\nLine two.\r\n");
     }
 
     #[test]
@@ -3005,7 +3056,7 @@ mod tests {
         assert_eq!(two, "Second part, and the message ends without --b8--.\r\n");
         // The boundary never appears: no parts, one empty text part is reported.
         let raw = corpus_file("09-boundary-never-appears");
-        assert!(s(&body_structure(&raw, false)).starts_with(&s(EMPTY_BODY)));
+        assert!(s(&body_structure(&raw, false)).starts_with(&format!("({}", s(EMPTY_BODY))));
         assert_eq!(section(&raw, &sec(&[1], None)), None);
     }
 
@@ -3035,7 +3086,10 @@ mod tests {
     fn decoders() {
         assert_eq!(base64_decode(b"aGVs\r\nbG8=\r\n"), b"hello");
         assert_eq!(base64_decode(b"aGVsbG8"), b"hello");
-        assert_eq!(qp_decode(b"caf=C3=A9 =\r\nok \t\r\nend=3d"), "café ok\r\nend=".as_bytes());
+        assert_eq!(
+            qp_decode(b"caf=C3=A9 =\r\nok \t\r\nend=3d"),
+            "café ok\r\nend=".as_bytes()
+        );
         assert_eq!(qp_decode(b"bad =ZZ =4"), b"bad =ZZ =4");
         assert_eq!(crlf(b"a\nb\r\nc\rd\n"), b"a\r\nb\r\nc\rd\r\n");
         assert_eq!(virtual_size(b"a\nb\r\n"), 6);

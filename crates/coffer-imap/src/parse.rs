@@ -22,6 +22,10 @@ struct P<'a> {
     b: &'a [u8],
     i: usize,
     depth: usize,
+    /// Literal contents read by the connection, in order; None when they are inline in `b`
+    /// (tests and traces). Taking them out of the queue moves them without a copy, so a
+    /// large APPEND is not held twice in memory.
+    lits: Option<std::collections::VecDeque<Vec<u8>>>,
 }
 
 fn is_atom_char(c: u8) -> bool {
@@ -140,11 +144,23 @@ impl<'a> P<'a> {
         self.expect(b'}', "'}'")?;
         self.expect(b'\r', "CRLF after a literal length")?;
         self.expect(b'\n', "CRLF after a literal length")?;
-        if self.i + n > self.b.len() {
-            return Err("literal is shorter than announced".into());
-        }
-        let data = self.b[self.i..self.i + n].to_vec();
-        self.i += n;
+        let data = match self.lits.as_mut() {
+            Some(queue) => {
+                let data = queue.pop_front().ok_or("literal is missing")?;
+                if data.len() != n {
+                    return Err("literal is shorter than announced".into());
+                }
+                data
+            }
+            None => {
+                if self.i + n > self.b.len() {
+                    return Err("literal is shorter than announced".into());
+                }
+                let data = self.b[self.i..self.i + n].to_vec();
+                self.i += n;
+                data
+            }
+        };
         if !binary && data.contains(&0) {
             return Err("NUL in a literal (use literal8)".into());
         }
@@ -1249,11 +1265,26 @@ impl<'a> P<'a> {
 
 /// Parses one complete command (without its final CRLF).
 pub fn parse_command(buf: &[u8]) -> Result<Command, ParseError> {
-    let mut p = P {
+    parse(P {
         b: buf,
         i: 0,
         depth: 0,
-    };
+        lits: None,
+    })
+}
+
+/// Parses a command as the connection framed it: the text with each literal's `{n}\r\n`
+/// marker, and the literal contents apart, in order.
+pub fn parse_framed(text: &[u8], literals: Vec<Vec<u8>>) -> Result<Command, ParseError> {
+    parse(P {
+        b: text,
+        i: 0,
+        depth: 0,
+        lits: Some(literals.into()),
+    })
+}
+
+fn parse(mut p: P<'_>) -> Result<Command, ParseError> {
     let tag = p.take_while(is_tag_char);
     if tag.is_empty() {
         return Err(ParseError {

@@ -3,7 +3,7 @@
 //! untagged updates that tell a client what other sessions changed (RFC 9051 §7.5.1).
 
 use crate::connection::{read_command, read_line, Frame, Io, Reader};
-use crate::parse::parse_command;
+use crate::parse::parse_framed;
 use crate::server::Ctx;
 use crate::types::{Command, CommandBody};
 use coffer_mail::{FlagsEntry, MailError, Mailbox};
@@ -293,8 +293,8 @@ impl Session {
                     Ok(Err(_)) | Ok(Ok(Frame::Eof)) => break,
                     Ok(Ok(f)) => f,
                 };
-            let command_bytes = match frame {
-                Frame::Command(b) => b,
+            let (command_bytes, literals) = match frame {
+                Frame::Command(b, l) => (b, l),
                 Frame::LineTooLong => {
                     let _ = write_now(&mut reader, b"* BYE Line too long\r\n").await;
                     break;
@@ -320,7 +320,7 @@ impl Session {
             if command_bytes.is_empty() {
                 continue;
             }
-            let command = match parse_command(&command_bytes) {
+            let command = match parse_framed(&command_bytes, literals) {
                 Ok(c) => c,
                 Err(e) => {
                     self.errors += 1;

@@ -196,6 +196,42 @@ impl Mail {
         Ok(d)
     }
 
+    /// Flags of some messages of a mailbox (absent UIDs are skipped).
+    pub async fn flags_for(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<FlagsEntry>> {
+        let mut out = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let Some(row) = self
+                .store()
+                .get_message(session.user_id(), mailbox, *uid)
+                .await?
+            else {
+                continue;
+            };
+            let g = row.seal.generation();
+            let flags = match &row.sealed_flags {
+                Some(f) => {
+                    let plain = session
+                        .with(|k| k.open(g, Place::MessageFlags(row.msg_id.as_bytes()), f))??;
+                    codec::decode_flags(&plain).map_err(|_| {
+                        MailError::Tampered(format!("flags of message {}", row.msg_id))
+                    })?
+                }
+                None => Vec::new(),
+            };
+            out.push(FlagsEntry {
+                uid: row.uid,
+                modseq: row.modseq,
+                flags,
+            });
+        }
+        Ok(out)
+    }
+
     /// UIDs, MODSEQs and flags of a mailbox, decrypting only the flags: what SELECT and the
     /// change checks of an open mailbox need.
     pub async fn flags_view(
@@ -203,10 +239,7 @@ impl Mail {
         session: &Unlocked,
         mailbox: MailboxId,
     ) -> Result<Vec<FlagsEntry>> {
-        let rows = self
-            .store()
-            .list_messages(session.user_id(), mailbox)
-            .await?;
+        let rows = self.store().list_flags(session.user_id(), mailbox).await?;
         session.with(|k| -> Result<Vec<FlagsEntry>> {
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {

@@ -286,6 +286,14 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
 
     let all = store.list_messages(&u, inbox).await.unwrap();
     assert_eq!(all.len(), 5);
+    let flags = store.list_flags(&u, inbox).await.unwrap();
+    assert_eq!(flags.len(), 5);
+    for (f, m) in flags.iter().zip(&all) {
+        assert_eq!(
+            (f.uid, f.modseq, f.msg_id, f.seal, &f.sealed_flags),
+            (m.uid, m.modseq, m.msg_id, m.seal, &m.sealed_flags)
+        );
+    }
     assert!(all.windows(2).all(|w| w[0].uid < w[1].uid), "UID order");
     let first = store.get_message(&u, inbox, uid1).await.unwrap().unwrap();
     assert_eq!(first.msg_id, m1.msg_id);

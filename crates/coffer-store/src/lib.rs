@@ -116,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<Uid>, ModSeq)>;
     /// All messages of a mailbox in UID order.
     async fn list_messages(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<MessageRow>>;
+    /// UIDs, MODSEQs and sealed flags of a mailbox in UID order, without the metadata:
+    /// what opening a mailbox needs, cheaply.
+    async fn list_flags(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<FlagRow>>;
     async fn get_message(
         &self,
         user: &UserId,

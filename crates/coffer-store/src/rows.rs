@@ -147,6 +147,16 @@ pub struct MessageRow {
     pub sealed_flags: Option<Vec<u8>>,
 }
 
+/// The flag columns of one message (see [`crate::Store::list_flags`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagRow {
+    pub uid: Uid,
+    pub modseq: ModSeq,
+    pub msg_id: MsgId,
+    pub seal: SealRef,
+    pub sealed_flags: Option<Vec<u8>>,
+}
+
 /// Outcome of [`crate::Store::set_flags`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlagUpdate {

@@ -19,7 +19,7 @@
 //! SQLite serialises writers, and every write transaction starts `IMMEDIATE`.
 
 use crate::{
-    AccountRow, FlagUpdate, KdfParams, KeyringLinkRow, KeyringRow, MailboxRow, MessageRow,
+    AccountRow, FlagRow, FlagUpdate, KdfParams, KeyringLinkRow, KeyringRow, MailboxRow, MessageRow,
     NewAccount, NewMailbox, NewMessage, Result, SealRef, SlotRow, Store, StoreError,
 };
 use async_trait::async_trait;
@@ -1201,6 +1201,49 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .map_err(db_err)?;
             raws.into_iter().map(message_decode).collect()
+        })
+        .await
+    }
+
+    async fn list_flags(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<FlagRow>> {
+        let user = *user;
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT uid, modseq, msg_id, seal_kind, seal_gen, sealed_flags FROM messages
+                     WHERE mailbox_id = ?1 AND user_id = ?2 ORDER BY uid",
+                )
+                .map_err(db_err)?;
+            let mut rows = stmt
+                .query(params![mailbox.0, user.as_bytes().as_slice()])
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(db_err)? {
+                let uid: i64 = r.get(0).map_err(db_err)?;
+                let modseq: i64 = r.get(1).map_err(db_err)?;
+                let msg_id: Vec<u8> = r.get(2).map_err(db_err)?;
+                let kind: i64 = r.get(3).map_err(db_err)?;
+                let generation: i64 = r.get(4).map_err(db_err)?;
+                let object = format!("message {mailbox}/{uid}");
+                out.push(FlagRow {
+                    uid: u32::try_from(uid)
+                        .ok()
+                        .and_then(Uid::new)
+                        .ok_or_else(|| corrupt(&object, "uid"))?,
+                    modseq: u64::try_from(modseq)
+                        .ok()
+                        .and_then(ModSeq::new)
+                        .ok_or_else(|| corrupt(&object, "modseq"))?,
+                    msg_id: MsgId(blob_from(msg_id, &object)?),
+                    seal: u8::try_from(kind)
+                        .ok()
+                        .zip(u32::try_from(generation).ok())
+                        .and_then(|(k, g)| SealRef::from_parts(k, Generation(g)))
+                        .ok_or_else(|| corrupt(&object, "seal kind"))?,
+                    sealed_flags: r.get(5).map_err(db_err)?,
+                });
+            }
+            Ok(out)
         })
         .await
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{PW, Scratch};
+use common::{PW, Scratch, start_server};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -177,33 +177,6 @@ fn missing_short_or_wrong_pepper_is_refused_naming_the_file_and_changes_nothing(
         list.contains("alice") && !list.contains("carol"),
         "nothing changed: {list}"
     );
-}
-
-fn start_server(s: &Scratch) -> std::process::Child {
-    let mut child = s
-        .command(&["serve"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the "running" line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if line.contains("running") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("coffer serve did not start");
-    child
 }
 
 #[test]

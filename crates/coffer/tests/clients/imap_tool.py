@@ -8,13 +8,12 @@ Usage:
       "APPENDUID uidvalidity uid" line per message.
   imap_tool.py HOST PORT USER PASSWORD CAFILE dump
       prints one line per message of every mailbox:
-      "MAILBOX\\tUID\\tFLAGS\\tMESSAGE-ID\\tSHA256-OF-BYTES", flags space-separated and
-      sorted, then "COUNT\\tMAILBOX\\tN" per mailbox (from STATUS MESSAGES).
+      "MAILBOX\\tUID\\tFLAGS\\tMESSAGE-ID\\tHEX-OF-BYTES", flags space-separated and
+      sorted ("-" for none), then "COUNT\\tMAILBOX\\tN" per mailbox (from STATUS MESSAGES).
 Set IMAP_DEBUG=1 to print the whole exchange on stderr. Exits 1 with "FAILED: ..." when
 the server answers NO/BAD or something unexpected.
 """
 
-import hashlib
 import imaplib
 import os
 import re
@@ -122,7 +121,7 @@ def dump(imap):
                 mid = re.search(rb"(?im)^Message-ID:\s*(\S+)", body)
                 mid = mid.group(1).decode() if mid else "-"
                 fl = " ".join(sorted(flags.split())) or "-"
-                print(f"{name}\t{uid}\t{fl}\t{mid}\t{hashlib.sha256(body).hexdigest()}")
+                print(f"{name}\t{uid}\t{fl}\t{mid}\t{body.hex()}")
         typ, data = imap.status(quote(name), "(MESSAGES)")
         ok(f"STATUS {name}", typ, data)
         m = re.search(rb"MESSAGES (\d+)", data[0])

@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 pub const PW: &str = "correct horse battery";
 
@@ -121,4 +123,94 @@ pub fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Starts `coffer serve` in `s` and waits (up to 30 s) for its "running" line.
+pub fn start_server(s: &Scratch) -> Child {
+    spawn_server(s).0
+}
+
+/// A running `coffer serve` with the addresses it bound; killed (and reaped) when dropped,
+/// also when the test fails. Declare it after its `Scratch` so it is dropped first.
+pub struct Server {
+    pub child: Child,
+    /// Plain IMAP (STARTTLS) listener.
+    pub imap: SocketAddr,
+    /// Implicit-TLS listener.
+    pub imaps: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `coffer serve` in `s` and reads the bound addresses from its "running" line,
+/// e.g. "... listening on 127.0.0.1:41234 (IMAP+STARTTLS), 127.0.0.1:40111 (IMAPS). ...".
+pub fn start_server_with_addrs(s: &Scratch) -> Server {
+    let (child, line) = spawn_server(s);
+    // Own the child before anything can panic, so that it is killed.
+    let mut server = Server {
+        child,
+        imap: "0.0.0.0:0".parse().unwrap(),
+        imaps: "0.0.0.0:0".parse().unwrap(),
+    };
+    let (mut imap, mut imaps) = (None, None);
+    let list = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(". ").next())
+        .unwrap_or_else(|| panic!("no listener list in {line:?}"));
+    for item in list.split(", ") {
+        let (addr, kind) = item
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("unparsable listener {item:?} in {line:?}"));
+        let addr: SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
+        match kind.trim_end_matches('.') {
+            "(IMAPS)" => imaps = imaps.or(Some(addr)),
+            "(IMAP+STARTTLS)" => imap = imap.or(Some(addr)),
+            _ => {}
+        }
+    }
+    server.imap = imap.unwrap_or_else(|| panic!("no IMAP+STARTTLS listener in {line:?}"));
+    server.imaps = imaps.unwrap_or_else(|| panic!("no IMAPS listener in {line:?}"));
+    server
+}
+
+/// Spawns `coffer serve`, waits for its "running" line and returns it; standard error
+/// keeps being drained so the server never blocks on it.
+fn spawn_server(s: &Scratch) -> (Child, String) {
+    let mut child = s
+        .command(&["serve"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the "running" line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("running") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => (child, line),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("coffer serve did not start");
+        }
+    }
 }
