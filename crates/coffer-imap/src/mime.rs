@@ -1329,13 +1329,11 @@ impl<'a> Rfc<'a> {
         let mut start = self.pos;
         while self.pos < self.d.len() {
             match self.d[self.pos] {
-                0 => {
-                    if self.nul_replace {
-                        if let Some(c) = self.last_comment.as_mut() {
-                            c.extend_from_slice(&self.d[start..self.pos]);
-                            c.extend_from_slice(NUL_REPLACEMENT);
-                            start = self.pos + 1;
-                        }
+                0 if self.nul_replace => {
+                    if let Some(c) = self.last_comment.as_mut() {
+                        c.extend_from_slice(&self.d[start..self.pos]);
+                        c.extend_from_slice(NUL_REPLACEMENT);
+                        start = self.pos + 1;
                     }
                 }
                 b'(' => level += 1,
@@ -1466,12 +1464,10 @@ impl<'a> Rfc<'a> {
         let mut start = self.pos;
         while self.pos < self.d.len() {
             match self.d[self.pos] {
-                0 => {
-                    if self.nul_replace {
-                        out.extend_from_slice(&self.d[start..self.pos]);
-                        out.extend_from_slice(NUL_REPLACEMENT);
-                        start = self.pos + 1;
-                    }
+                0 if self.nul_replace => {
+                    out.extend_from_slice(&self.d[start..self.pos]);
+                    out.extend_from_slice(NUL_REPLACEMENT);
+                    start = self.pos + 1;
                 }
                 b'"' => {
                     out.extend_from_slice(&self.d[start..self.pos]);
@@ -1550,12 +1546,10 @@ impl<'a> Rfc<'a> {
         self.pos += 1;
         while self.pos < self.d.len() {
             match self.d[self.pos] {
-                0 => {
-                    if self.nul_replace {
-                        out.extend_from_slice(&self.d[start..self.pos]);
-                        out.extend_from_slice(NUL_REPLACEMENT);
-                        start = self.pos + 1;
-                    }
+                0 if self.nul_replace => {
+                    out.extend_from_slice(&self.d[start..self.pos]);
+                    out.extend_from_slice(NUL_REPLACEMENT);
+                    start = self.pos + 1;
                 }
                 b'[' => return -1,
                 b']' => {

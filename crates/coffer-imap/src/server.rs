@@ -33,7 +33,8 @@ pub struct ImapConfig {
     pub login_timeout: Duration,
     pub max_connections_per_ip: usize,
     pub max_connections_per_user: usize,
-    /// How often an IDLE session checks its mailbox for changes made by other processes.
+    /// How often the server checks the store for changes made by other processes (the CLI,
+    /// `coffer deliver`); IDLE sessions hear of them at the next check.
     pub poll_interval: Duration,
 }
 
@@ -236,6 +237,23 @@ pub async fn serve(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tasks = Vec::new();
+    // One watcher for the whole server, not one poll per idle session.
+    {
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let store = ctx.mail.vault().store().clone();
+            let mut last = store.data_version().await.ok();
+            let mut tick = tokio::time::interval(ctx.config.poll_interval);
+            loop {
+                tick.tick().await;
+                let now = store.data_version().await.ok();
+                if now.is_some() && now != last {
+                    last = now;
+                    ctx.mail.changes().notify_external();
+                }
+            }
+        }));
+    }
     for l in listeners {
         let ctx = ctx.clone();
         let mut shutdown = shutdown.clone();

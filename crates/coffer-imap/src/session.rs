@@ -784,11 +784,12 @@ impl Session {
     /// IDLE (RFC 2177 / RFC 9051 §6.3.13): returns Ok(true) to continue the session.
     async fn idle(&mut self, reader: &mut Reader, tag: &str) -> std::io::Result<bool> {
         write_now(reader, b"+ idling\r\n").await?;
-        let poll = self.ctx.config.poll_interval;
         let deadline = tokio::time::Instant::now() + self.ctx.config.idle_timeout;
         let mut line = Vec::new();
+        let mut external = self.ctx.mail.changes().subscribe_external();
         loop {
             let mut buf = Vec::new();
+            let mut check_mailbox = false;
             let changed = async {
                 match self.changes.as_mut() {
                     Some(rx) => {
@@ -817,8 +818,10 @@ impl Session {
                     write_now(reader, &tail).await?;
                     return Ok(true);
                 }
-                _ = changed => {}
-                _ = tokio::time::sleep(poll) => {}
+                _ = changed => check_mailbox = true,
+                _ = external.recv() => check_mailbox = true,
+                // "Lock now" wipes keys in memory only; notice it within a second.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = tokio::time::sleep_until(deadline) => {
                     write_now(reader, b"* BYE Autologout; idle for too long\r\n").await?;
                     return Ok(false);
@@ -830,7 +833,7 @@ impl Session {
                     return Ok(false);
                 }
             }
-            if self.selected.is_some() {
+            if check_mailbox && self.selected.is_some() {
                 let _ = self.sync_selected(true, &mut buf).await;
             }
             if !buf.is_empty() {

@@ -604,6 +604,55 @@ async fn idle_announces_appends_and_deliveries_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn idle_hears_of_deliveries_made_by_another_process_within_a_second() {
+    let s = server().await;
+    let mut a = Client::login(s.addr, "alice").await;
+    a.ok("a1", "SELECT INBOX").await;
+    a.send(b"a2 IDLE\r\n").await;
+    assert_eq!(a.line().await, "+ idling");
+    // Another process: its own connection to the same data directory, as `coffer deliver`
+    // or the CLI would have; no in-process notification exists for it.
+    let other = coffer_store::sqlite::SqliteStore::open(&s.dir).unwrap();
+    let pepper = coffer_vault::Pepper::from_bytes(s.pepper);
+    let user = s.mail.vault().user_id("alice").unwrap();
+    let start = Instant::now();
+    coffer_mail::deliver(
+        &other,
+        &pepper,
+        &user,
+        None,
+        message("from outside", "z").as_bytes(),
+        coffer_mail::InternalDate::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.line().await, "* 1 EXISTS");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    a.send(b"DONE\r\n").await;
+    a.until_tagged("a2").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_user_are_limited() {
+    let s = server_with(ImapConfig {
+        max_connections_per_user: 2,
+        ..Default::default()
+    })
+    .await;
+    let _a = Client::login(s.addr, "alice").await;
+    let _b = Client::login(s.addr, "alice").await;
+    let mut c = Client::connect(s.addr).await;
+    let r = c.cmd("l1", &format!("LOGIN alice \"{PW}\"")).await;
+    assert!(r.last().unwrap().contains("NO [LIMIT]"), "{r:?}");
+    // Other users are not affected.
+    c.ok("l2", &format!("LOGIN bob \"{PW}\"")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn qresync_reports_vanished_and_changed() {
     let s = server().await;
     let mut c = Client::login(s.addr, "alice").await;

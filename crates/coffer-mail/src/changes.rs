@@ -11,9 +11,19 @@ use tokio::sync::broadcast;
 /// Capacity of each user's channel; a session that lags behind resynchronises fully.
 const CHANNEL_CAPACITY: usize = 256;
 
-#[derive(Default)]
 pub struct Changes {
     senders: Mutex<HashMap<UserId, broadcast::Sender<MailboxId>>>,
+    /// "Something changed outside this process": every session re-checks its mailbox.
+    external: broadcast::Sender<()>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            senders: Mutex::new(HashMap::new()),
+            external: broadcast::channel(16).0,
+        }
+    }
 }
 
 impl Changes {
@@ -22,6 +32,15 @@ impl Changes {
         map.entry(*user)
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
             .subscribe()
+    }
+
+    pub fn subscribe_external(&self) -> broadcast::Receiver<()> {
+        self.external.subscribe()
+    }
+
+    /// Announces that another process changed the store.
+    pub fn notify_external(&self) {
+        let _ = self.external.send(());
     }
 
     pub fn notify(&self, user: &UserId, mailbox: MailboxId) {

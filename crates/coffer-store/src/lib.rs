@@ -181,6 +181,11 @@ pub trait Store: Send + Sync + 'static {
 
     // --- maintenance --------------------------------------------------------------------
 
+    /// A number that changes whenever another connection or process has committed a
+    /// change (SQLite's `PRAGMA data_version`). A server polls it to learn of changes made
+    /// outside its own process (the CLI, `coffer deliver`).
+    async fn data_version(&self) -> Result<u64>;
+
     /// Checks structural integrity without any key: database consistency, every
     /// referenced blob present with its recorded length. Returns the problems found.
     async fn check(&self) -> Result<Vec<String>>;

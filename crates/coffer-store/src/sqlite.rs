@@ -1518,6 +1518,16 @@ impl Store for SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
 
+    async fn data_version(&self) -> Result<u64> {
+        // On the writer connection: its value changes when any other connection commits.
+        self.write(|c| {
+            c.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+                .map_err(db_err)
+        })
+        .await
+    }
+
     async fn check(&self) -> Result<Vec<String>> {
         let dir = self.inner.dir.clone();
         self.read(move |c| {

@@ -183,7 +183,7 @@ impl Dump {
 }
 
 fn hex_decode(hex: &str) -> Vec<u8> {
-    assert!(hex.len() % 2 == 0, "odd hex length");
+    assert!(hex.len().is_multiple_of(2), "odd hex length");
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -283,13 +283,13 @@ fn mbsync_message(i: u32) -> Vec<u8> {
 /// Flags the server starts with: \Seen every 2nd, \Flagged every 5th, \Answered every 7th.
 fn initial_flags(i: u32) -> Vec<&'static str> {
     let mut f = Vec::new();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         f.push("\\Seen");
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         f.push("\\Flagged");
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         f.push("\\Answered");
     }
     f
@@ -301,13 +301,13 @@ fn changed_flags(i: u32) -> Vec<&'static str> {
         return initial_flags(i);
     }
     let mut f = Vec::new();
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         f.push("\\Seen");
     }
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         f.push("\\Flagged");
     }
-    if i % 6 == 0 {
+    if i.is_multiple_of(6) {
         f.push("\\Answered");
     }
     f

@@ -23,6 +23,7 @@ pub struct Server {
     pub mail: Mail,
     pub ctx: Arc<Ctx>,
     pub cert_der: Vec<u8>,
+    pub pepper: [u8; 32],
     _stop: tokio::sync::watch::Sender<bool>,
 }
 
@@ -36,9 +37,10 @@ pub async fn server_with(config: ImapConfig) -> Server {
     let dir = std::env::temp_dir().join(format!("coffer-imap-test-{}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = SqliteStore::open(&dir).unwrap();
+    let pepper: [u8; 32] = rand::random();
     let vault = Arc::new(Vault::new(
         Arc::new(store),
-        Arc::new(Pepper::from_bytes(rand::random())),
+        Arc::new(Pepper::from_bytes(pepper)),
         VaultConfig {
             kdf: coffer_vault::kdf::INSECURE_TEST_PARAMS,
             argon2_concurrency: 2,
@@ -92,6 +94,7 @@ pub async fn server_with(config: ImapConfig) -> Server {
         mail,
         ctx,
         cert_der: cert.cert.der().to_vec(),
+        pepper,
         _stop: stop,
     }
 }
