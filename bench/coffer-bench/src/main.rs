@@ -7,13 +7,16 @@
 //!
 //! Prints a table and writes the same figures, with the machine they ran on, to
 //! `bench/results/foundation-<UTC date>-<short commit>.md`. See `bench/README.md`.
+//!
+//! `coffer-bench imap` measures the IMAP server instead (module [`imap`]).
 
 mod harness;
+mod imap;
 mod machine;
 mod report;
 mod store;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use coffer_types::{BlobId, UserId};
 use coffer_vault::Pepper;
 use coffer_vault::body::{open_body, seal_body};
@@ -39,9 +42,26 @@ const MB: f64 = 1e6;
 #[command(
     name = "coffer-bench",
     about = "Foundation benchmarks of Coffer: Argon2id cost, body sealing, durable appends, delivery",
-    long_about = None
+    long_about = None,
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    foundation: FoundationArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// IMAP server figures against a real `coffer serve`: login latency, a big INBOX,
+    /// memory per idle connection (see bench/README.md, "IMAP server")
+    Imap(imap::ImapArgs),
+}
+
+/// The foundation run (no subcommand).
+#[derive(Args, Debug)]
+struct FoundationArgs {
     /// A tiny run of a few seconds with cheap settings, to check the harness works (the
     /// test suite runs it). Its figures are not measurements. Explicit flags still apply.
     #[arg(long)]
@@ -86,7 +106,7 @@ struct Cli {
 }
 
 /// `bench/` of the checkout this binary was built from.
-fn bench_dir() -> PathBuf {
+pub(crate) fn bench_dir() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }
@@ -106,7 +126,7 @@ struct Settings {
 }
 
 impl Settings {
-    fn from(cli: Cli) -> Result<Settings, BoxError> {
+    fn from(cli: FoundationArgs) -> Result<Settings, BoxError> {
         let smoke = cli.smoke;
         let pick = |given: Option<usize>, full: usize, small: usize| {
             given.unwrap_or(if smoke { small } else { full })
@@ -161,7 +181,7 @@ impl Settings {
     }
 }
 
-const WORDS: &[&str] = &[
+pub(crate) const WORDS: &[&str] = &[
     "the",
     "mail",
     "server",
@@ -469,6 +489,10 @@ fn run(s: &Settings) -> Result<(), BoxError> {
         machine,
         notes,
         rows,
+        footer: "MB = 10^6 bytes of message body (plaintext); KiB and MiB are powers of 1024.\n\
+                 `median`, `min` and `max` are over the samples (rounds, runs or single derivations)\n\
+                 described in `bench/README.md`.\n"
+            .to_string(),
     };
     let text = report.markdown();
     println!("\n{text}");
@@ -480,7 +504,11 @@ fn run(s: &Settings) -> Result<(), BoxError> {
 }
 
 fn main() -> std::process::ExitCode {
-    let settings = match Settings::from(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Some(Mode::Imap(args)) = cli.mode {
+        return imap::main(args);
+    }
+    let settings = match Settings::from(cli.foundation) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("coffer-bench: {e}");

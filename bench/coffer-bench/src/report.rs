@@ -17,6 +17,8 @@ pub struct Report {
     /// Extra facts about the run (mode, parameters, store filesystem).
     pub notes: Vec<(String, String)>,
     pub rows: Vec<Row>,
+    /// Text after the table: units and what the samples are.
+    pub footer: String,
 }
 
 /// About three significant figures, never in exponent form.
@@ -85,12 +87,11 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         format!(
-            "# {}\n\n{}\n{}\nMB = 10^6 bytes of message body (plaintext); KiB and MiB are powers of 1024.\n\
-             `median`, `min` and `max` are over the samples (rounds, runs or single derivations)\n\
-             described in `bench/README.md`.\n",
+            "# {}\n\n{}\n{}\n{}",
             self.title,
             self.header(),
-            self.table()
+            self.table(),
+            self.footer
         )
     }
 }

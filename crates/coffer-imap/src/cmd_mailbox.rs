@@ -557,7 +557,7 @@ impl Session {
             return Done::bad("Log in first");
         };
         let mut uids = Vec::new();
-        for (m, flags) in messages.iter().zip(&parsed) {
+        for (m, flags) in messages.into_iter().zip(&parsed) {
             let date = m
                 .date
                 .map(|(ts, off)| InternalDate {
@@ -568,7 +568,7 @@ impl Session {
             match self
                 .ctx
                 .mail
-                .append(session, mb.id, &m.data, flags, date)
+                .append_owned(session, mb.id, m.data, flags, date)
                 .await
             {
                 Ok((uid, _)) => uids.push(uid),

@@ -129,20 +129,13 @@ pub fn sent_date(raw: &[u8]) -> Option<i64> {
 /// The first Date: header as Unix seconds (UTC) and the zone offset in minutes east of UTC.
 /// Dovecot compares SENT* dates on `seconds + offset * 60`, the date as the sender wrote it.
 pub fn sent_date_with_zone(raw: &[u8]) -> Option<(i64, i32)> {
-    let msg = MimeMessage::parse(raw);
-    let value = msg
-        .root_fields()
-        .into_iter()
-        .find(|f| eq_ic(&f.name, b"Date"))?
-        .value;
-    let text = String::from_utf8_lossy(&value).replace('\n', " ");
-    let dt = mail_parser::DateTime::parse_rfc822(&text)?;
-    if !dt.is_valid() {
-        return None;
-    }
-    let offset = (i32::from(dt.tz_hour) * 60 + i32::from(dt.tz_minute))
-        * if dt.tz_before_gmt { -1 } else { 1 };
-    Some((dt.to_timestamp(), offset))
+    MimeMessage::parse(raw).sent_date_with_zone()
+}
+
+/// RFC822.SIZE as Dovecot reports it: the size of `BODY[]` as sent, bare LFs counted as
+/// CRLF.
+pub fn rfc822_size(raw: &[u8]) -> u64 {
+    virtual_size(raw) as u64
 }
 
 /// A message parsed once, to answer several FETCH items without parsing again.
@@ -245,7 +238,8 @@ impl<'a> MimeMessage<'a> {
             // quoted-printable, whose header says "binary" in the computed form.
             let part = &self.parts[id];
             let start = if include_hdr { part.pos } else { part.hdr_end };
-            let mut original = crlf(self.raw.get(start..).unwrap_or_default());
+            let end = start.saturating_add(ctx.out.len()).min(self.raw.len());
+            let mut original = crlf(self.raw.get(start..end).unwrap_or_default());
             original.truncate(ctx.out.len());
             ctx.out = original;
         }
@@ -292,6 +286,23 @@ impl<'a> MimeMessage<'a> {
             out.push_str(&decode_charset(&decoded, charset));
         }
         out
+    }
+
+    /// See [`sent_date_with_zone`].
+    pub fn sent_date_with_zone(&self) -> Option<(i64, i32)> {
+        let value = self
+            .root_fields()
+            .into_iter()
+            .find(|f| eq_ic(&f.name, b"Date"))?
+            .value;
+        let text = String::from_utf8_lossy(&value).replace('\n', " ");
+        let dt = mail_parser::DateTime::parse_rfc822(&text)?;
+        if !dt.is_valid() {
+            return None;
+        }
+        let offset = (i32::from(dt.tz_hour) * 60 + i32::from(dt.tz_minute))
+            * if dt.tz_before_gmt { -1 } else { 1 };
+        Some((dt.to_timestamp(), offset))
     }
 
     /// The logical header fields of the top-level header.
@@ -3090,6 +3101,39 @@ mod tests {
     }
 
     #[test]
+    fn search_text_with_any_charset_never_panics() {
+        let bodies: [&[u8]; 5] = [b"", b"\xff", b"\x1b$B\x30", b"+AGEAYgBj-", b"\xd8\x00\xdc"];
+        for charset in [
+            "utf-16",
+            "utf-16le",
+            "utf-16be",
+            "utf-7",
+            "iso-2022-jp",
+            "shift_jis",
+            "big5",
+            "gb18030",
+            "euc-kr",
+            "koi8-r",
+            "windows-1252",
+            "x-unknown",
+            "",
+            "\"",
+        ] {
+            for body in bodies {
+                for cte in ["8bit", "base64", "quoted-printable"] {
+                    let mut raw = format!(
+                        "MIME-Version: 1.0\nContent-Type: text/plain; charset=\"{charset}\"\n\
+                         Content-Transfer-Encoding: {cte}\n\n"
+                    )
+                    .into_bytes();
+                    raw.extend_from_slice(body);
+                    search_text(&raw);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn search_helpers() {
         let raw = corpus_file("04-encoded-words");
         assert_eq!(
@@ -3112,6 +3156,7 @@ mod tests {
         assert_eq!(sent_date_with_zone(&raw), Some((1_717_401_600, 120)));
         assert_eq!(sent_date(&corpus_file("14-missing-headers")), None);
         assert_eq!(sent_date(b"Date: not a date\n\n"), None);
+        assert_eq!(rfc822_size(b"a\nb\r\n"), 6);
         let folded = corpus_file("23-folded-headers");
         assert_eq!(sent_date(&folded), Some(1_719_050_400));
         assert_eq!(header_values(&folded, "to").len(), 2);

@@ -64,7 +64,8 @@ fn reference_dir() -> PathBuf {
     let dir = PathBuf::from(dir);
     assert!(
         dir.is_dir(),
-        "COFFER_DOVECOT_REFERENCE={} is not a directory: run scripts/dovecot-mime-reference {} first",
+        "COFFER_DOVECOT_REFERENCE={} is not a directory: \
+         run scripts/dovecot-mime-reference {} first",
         dir.display(),
         dir.display()
     );
@@ -136,7 +137,9 @@ fn bracket(item: &str) -> &str {
 
 /// Coffer's answer for `item`: Ok(value bytes) or Err(error text).
 fn coffer_answer(raw: &[u8], item: &str) -> Result<Vec<u8>, String> {
-    if item == "ENVELOPE" {
+    if item == "RFC822.SIZE" {
+        Ok(mime::rfc822_size(raw).to_string().into_bytes())
+    } else if item == "ENVELOPE" {
         Ok(mime::envelope(raw))
     } else if item == "BODYSTRUCTURE" {
         Ok(mime::body_structure(raw, true))

@@ -563,6 +563,21 @@ impl Mail {
         flags: &[Flag],
         date: InternalDate,
     ) -> Result<(Uid, ModSeq)> {
+        self.append_owned(session, mailbox, body.to_vec(), flags, date)
+            .await
+    }
+
+    /// [`Mail::append`] taking the message by value: it is sealed as it streams into the
+    /// blob store, so the plaintext is the only full copy in memory (an IMAP APPEND of a
+    /// large message is not held twice).
+    pub async fn append_owned(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        body: Vec<u8>,
+        flags: &[Flag],
+        date: InternalDate,
+    ) -> Result<(Uid, ModSeq)> {
         if body.len() as u64 > self.max_message_bytes {
             return Err(MailError::TooLarge(self.max_message_bytes));
         }
@@ -574,8 +589,7 @@ impl Mail {
             internal_date: date.timestamp,
             tz_offset_minutes: date.tz_offset_minutes,
         };
-        let (generation, sealed_body, sealed_meta, sealed_flags) = session.with(|k| {
-            let (g, sealed_body) = k.seal_body(&blob_id, body);
+        let (sealer, sealed_meta, sealed_flags) = session.with(|k| {
             let (_, meta) = k.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());
             // Flags are sealed even when empty, so a copy of the store cannot tell unread
             // mail from read mail by a missing column.
@@ -583,11 +597,19 @@ impl Mail {
                 Place::MessageFlags(msg_id.as_bytes()),
                 &codec::encode_flags(flags),
             );
-            (g, sealed_body, meta, Some(flags))
+            (k.public_sealer(), meta, Some(flags))
         })?;
-        let blob_len = sealed_body.len() as u64;
+        let generation = sealer.generation();
         let user = *session.user_id();
-        self.store().put_blob(&user, &blob_id, sealed_body).await?;
+        let body = zeroize::Zeroizing::new(body);
+        let blob_len = self
+            .store()
+            .put_blob_streamed(
+                &user,
+                &blob_id,
+                Box::new(move |w| sealer.seal_body_to(&blob_id, &body, w)),
+            )
+            .await?;
         let (uids, modseq) = self
             .store()
             .append(

@@ -25,6 +25,9 @@ use coffer_types::{
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Produces a blob's bytes into a writer (see [`Store::put_blob_streamed`]).
+pub type BlobWriter = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
+
 /// Storage for accounts, key slots, mailboxes, messages and sealed blobs.
 ///
 /// Every method that returns `Ok` after a write has made that write durable: a crash
@@ -177,6 +180,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a sealed blob durably. The data must already be ciphertext.
     async fn put_blob(&self, user: &UserId, blob: &BlobId, data: Vec<u8>) -> Result<()>;
+    /// Stores a blob that `write` produces (ciphertext, sealed as it streams), durably,
+    /// and returns its length. Backends that can write straight to their blob storage do
+    /// so; the default collects it in memory first.
+    async fn put_blob_streamed(
+        &self,
+        user: &UserId,
+        blob: &BlobId,
+        write: BlobWriter,
+    ) -> Result<u64> {
+        let mut data = Vec::new();
+        write(&mut data).map_err(|e| StoreError::io("sealing a blob", e))?;
+        let len = data.len() as u64;
+        self.put_blob(user, blob, data).await?;
+        Ok(len)
+    }
     async fn get_blob(&self, user: &UserId, blob: &BlobId) -> Result<Vec<u8>>;
 
     // --- maintenance --------------------------------------------------------------------

@@ -30,7 +30,6 @@ use coffer_types::{
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use std::collections::HashSet;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -1490,10 +1489,39 @@ impl Store for SqliteStore {
         let tmp_dir = self.inner.dir.join("blobs").join("tmp");
         let tmp_path = tmp_dir.join(format!("{}.tmp", blob.to_hex()));
         tokio::task::spawn_blocking(move || {
-            let result = write_blob(&tmp_path, &final_path, &data);
+            let result = write_blob_with(
+                &tmp_path,
+                &final_path,
+                Box::new(move |w| w.write_all(&data)),
+            )
+            .map(|_| ());
             if result.is_err() {
                 // Nothing half-written stays behind: the temp file goes, the final name was
                 // never created (rename is atomic).
+                let _ = fs::remove_file(&tmp_path);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    async fn put_blob_streamed(
+        &self,
+        _user: &UserId,
+        blob: &BlobId,
+        write: crate::BlobWriter,
+    ) -> Result<u64> {
+        let final_path = self.blob_path(blob);
+        let tmp_path = self
+            .inner
+            .dir
+            .join("blobs")
+            .join("tmp")
+            .join(format!("{}.tmp", blob.to_hex()));
+        tokio::task::spawn_blocking(move || {
+            let result = write_blob_with(&tmp_path, &final_path, write);
+            if result.is_err() {
                 let _ = fs::remove_file(&tmp_path);
             }
             result
@@ -1641,15 +1669,22 @@ impl Store for SqliteStore {
     }
 }
 
-fn write_blob(tmp_path: &Path, final_path: &Path, data: &[u8]) -> Result<()> {
+/// Writes a blob to its temp file through `write`, fsyncs it, renames it into place and
+/// fsyncs the directory: after this returns the blob survives a crash.
+fn write_blob_with(tmp_path: &Path, final_path: &Path, write: crate::BlobWriter) -> Result<u64> {
     let ctx = "writing a blob";
-    let mut f = fs::OpenOptions::new()
+    let f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(tmp_path)
         .map_err(|e| StoreError::io(ctx, e))?;
-    f.write_all(data).map_err(|e| StoreError::io(ctx, e))?;
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+    write(&mut w).map_err(|e| StoreError::io(ctx, e))?;
+    let f = w
+        .into_inner()
+        .map_err(|e| StoreError::io(ctx, e.into_error()))?;
     f.sync_all().map_err(|e| StoreError::io(ctx, e))?;
+    let len = f.metadata().map_err(|e| StoreError::io(ctx, e))?.len();
     drop(f);
     let shard = final_path
         .parent()
@@ -1657,7 +1692,7 @@ fn write_blob(tmp_path: &Path, final_path: &Path, data: &[u8]) -> Result<()> {
     fs::create_dir_all(shard).map_err(|e| StoreError::io(ctx, e))?;
     fs::rename(tmp_path, final_path).map_err(|e| StoreError::io(ctx, e))?;
     fsync_dir(shard)?;
-    Ok(())
+    Ok(len)
 }
 
 #[cfg(test)]

@@ -64,14 +64,26 @@ pub fn padded_plaintext_len(body_len: u64) -> u64 {
 
 /// Seals `body` for the holder of `recipient`'s secret key.
 pub fn seal_body(recipient: &PublicKey, user: &UserId, blob: &BlobId, body: &[u8]) -> Vec<u8> {
+    let total = padded_plaintext_len(body.len() as u64);
+    let mut out = Vec::with_capacity(total as usize + 256 + (total as usize / 65536 + 1) * 16);
+    seal_body_to(recipient, user, blob, body, &mut out).expect("writing to memory cannot fail");
+    out
+}
+
+/// Seals `body` straight into `out` (a blob file being written), so a large message is
+/// never held in memory twice, plaintext and ciphertext.
+pub fn seal_body_to(
+    recipient: &PublicKey,
+    user: &UserId,
+    blob: &BlobId,
+    body: &[u8],
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
     let r = age_recipient(recipient);
     let encryptor = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
         .expect("one X25519 recipient is always valid");
     let total = padded_plaintext_len(body.len() as u64);
-    let mut out = Vec::with_capacity(total as usize + 256 + (total as usize / 65536 + 1) * 16);
-    let mut w = encryptor
-        .wrap_output(&mut out)
-        .expect("writing to memory cannot fail");
+    let mut w = encryptor.wrap_output(out)?;
     let mut header = [0u8; HEADER_LEN];
     header[..4].copy_from_slice(BODY_MAGIC);
     header[4..36].copy_from_slice(user.as_bytes());
@@ -79,20 +91,16 @@ pub fn seal_body(recipient: &PublicKey, user: &UserId, blob: &BlobId, body: &[u8
     header[52..60].copy_from_slice(&(body.len() as u64).to_be_bytes());
     let pad = total as usize - HEADER_LEN - body.len();
     let zeros = [0u8; 4096];
-    let result = (|| -> std::io::Result<()> {
-        w.write_all(&header)?;
-        w.write_all(body)?;
-        let mut left = pad;
-        while left > 0 {
-            let n = left.min(zeros.len());
-            w.write_all(&zeros[..n])?;
-            left -= n;
-        }
-        w.finish()?;
-        Ok(())
-    })();
-    result.expect("writing to memory cannot fail");
-    out
+    w.write_all(&header)?;
+    w.write_all(body)?;
+    let mut left = pad;
+    while left > 0 {
+        let n = left.min(zeros.len());
+        w.write_all(&zeros[..n])?;
+        left -= n;
+    }
+    w.finish()?;
+    Ok(())
 }
 
 /// Opens a sealed body, checking that it belongs to `user` and `blob`.

@@ -148,6 +148,13 @@ impl Keyring {
         self.current().public
     }
 
+    /// A sealer for the current generation's public key (no secret in it), to seal a body
+    /// outside the keyring's lock, e.g. while streaming it to storage.
+    pub fn public_sealer(&self) -> PublicSealer {
+        let k = self.current();
+        PublicSealer::new(self.user, k.generation, *k.public.as_bytes())
+    }
+
     /// Seals a value under the current generation's index key.
     pub fn seal(&self, place: Place<'_>, plaintext: &[u8]) -> (Generation, Vec<u8>) {
         let k = self.current();
@@ -262,6 +269,16 @@ impl PublicSealer {
     }
     pub fn seal_body(&self, blob: &BlobId, body: &[u8]) -> Vec<u8> {
         body::seal_body(&self.public, &self.user, blob, body)
+    }
+
+    /// Seals a body straight into a writer (see [`body::seal_body_to`]).
+    pub fn seal_body_to(
+        &self,
+        blob: &BlobId,
+        body: &[u8],
+        out: &mut dyn std::io::Write,
+    ) -> std::io::Result<()> {
+        body::seal_body_to(&self.public, &self.user, blob, body, out)
     }
 }
 

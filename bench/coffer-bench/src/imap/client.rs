@@ -173,7 +173,11 @@ impl Client {
     /// Sends `command` with a fresh tag and reads until its tagged response. Every
     /// untagged or continuation line before it goes to `each` (with its literals). Returns
     /// the time from the send to the tagged response; NO and BAD are errors.
-    pub fn run(&mut self, command: &str, mut each: impl FnMut(&[u8])) -> Result<Duration, BoxError> {
+    pub fn run(
+        &mut self,
+        command: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<Duration, BoxError> {
         let tag = format!("b{}", self.next_tag);
         self.next_tag += 1;
         let request = format!("{tag} {command}\r\n");

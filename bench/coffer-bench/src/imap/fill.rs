@@ -205,7 +205,9 @@ pub async fn fill(
     let took = start.elapsed();
     let stored = store.list_messages(&user_id, inbox).await?.len();
     if stored != count {
-        return Err(format!("INBOX holds {stored} messages after the fill, expected {count}").into());
+        return Err(
+            format!("INBOX holds {stored} messages after the fill, expected {count}").into(),
+        );
     }
     Ok(Filled {
         took,

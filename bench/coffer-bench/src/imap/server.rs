@@ -92,7 +92,9 @@ impl Installation {
         for port in ["1143", "1993", "2424", "8443"] {
             let from = format!("\"127.0.0.1:{port}\"");
             if !text.contains(&from) {
-                return Err(format!("coffer.toml does not listen on {from}; the template changed").into());
+                return Err(
+                    format!("coffer.toml does not listen on {from}; the template changed").into(),
+                );
             }
             text = text.replace(&from, "\"127.0.0.1:0\"");
         }
@@ -318,14 +320,12 @@ impl Server {
         std::fs::read_to_string(format!("/proc/{}/limits", self.pid))
             .ok()
             .and_then(|t| {
-                t.lines().find(|l| l.starts_with("Max open files")).map(|l| {
-                    let v: Vec<&str> = l.split_whitespace().collect();
-                    format!(
-                        "{}/{}",
-                        v.get(3).unwrap_or(&"?"),
-                        v.get(4).unwrap_or(&"?")
-                    )
-                })
+                t.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .map(|l| {
+                        let v: Vec<&str> = l.split_whitespace().collect();
+                        format!("{}/{}", v.get(3).unwrap_or(&"?"), v.get(4).unwrap_or(&"?"))
+                    })
             })
             .unwrap_or_else(|| "unknown".into())
     }
