@@ -1,6 +1,7 @@
-//! The harness must not rot: a `--smoke` run exits 0 and writes every figure.
+//! The harness must not rot: a `--smoke` run of the foundation benchmarks and one of
+//! `coffer-bench imap` (against a real `coffer serve`) exit 0 and write every figure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -32,6 +33,30 @@ const FACTS: &[&str] = &[
     "- rustc: ",
 ];
 
+/// Every figure of the IMAP results table that must be positive.
+const IMAP_LABELS: &[&str] = &[
+    "cold login, LOGIN round trip",
+    "re-login while unlocked, LOGIN round trip",
+    "re-login while unlocked, whole connection",
+    "mailbox fill through the library",
+    "SELECT INBOX",
+    "UID FETCH 1:* (FLAGS)",
+    "UID SEARCH UNSEEN",
+    "FETCH ENVELOPE, last 50",
+    "FETCH ENVELOPE, last 32",
+    "UID FETCH BODY[], one message",
+];
+
+/// IMAP figures that are differences or CPU shares: with the tiny smoke counts they may
+/// be zero (or, for memory, even negative), so they only have to be numbers.
+const IMAP_DIFFERENCES: &[&str] = &[
+    "memory per connection, big INBOX selected",
+    "memory per idle connection, plain",
+    "server CPU while connections idle, plain",
+    "memory per idle connection, TLS",
+    "server CPU while connections idle, TLS",
+];
+
 struct Scratch(PathBuf);
 
 impl Drop for Scratch {
@@ -40,74 +65,176 @@ impl Drop for Scratch {
     }
 }
 
-#[test]
-fn smoke_run_writes_every_figure() {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let scratch = Scratch(
-        std::env::temp_dir().join(format!("coffer-bench-smoke-{}-{nanos}", std::process::id())),
-    );
-    let out_dir = scratch.0.join("results");
-    let work_dir = scratch.0.join("work");
+impl Scratch {
+    fn new(what: &str) -> Scratch {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        Scratch(std::env::temp_dir().join(format!(
+            "coffer-bench-{what}-{}-{nanos}",
+            std::process::id()
+        )))
+    }
+}
+
+/// Runs coffer-bench with `args`, expects success and exactly one results file named
+/// `<prefix>-*.md` in `out_dir`; returns its text.
+fn run_bench(args: &[&std::ffi::OsStr], out_dir: &Path, prefix: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_coffer-bench"))
-        .arg("--smoke")
-        .arg("--out")
-        .arg(&out_dir)
-        .arg("--tmp-dir")
-        .arg(&work_dir)
+        .args(args)
         .output()
         .expect("coffer-bench runs");
     assert!(
         output.status.success(),
-        "coffer-bench --smoke failed ({}):\n{}",
+        "coffer-bench {args:?} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-
-    let files: Vec<PathBuf> = std::fs::read_dir(&out_dir)
+    let files: Vec<PathBuf> = std::fs::read_dir(out_dir)
         .expect("the results directory exists")
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 1, "one results file: {files:?}");
     let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
     assert!(
-        name.starts_with("foundation-") && name.ends_with(".md"),
+        name.starts_with(&format!("{prefix}-")) && name.ends_with(".md"),
         "{name}"
     );
-    let text = std::fs::read_to_string(&files[0]).unwrap();
+    std::fs::read_to_string(&files[0]).unwrap()
+}
 
+/// The cells of the row `label`: "", label, median, min, max, unit, samples, detail, "".
+fn row<'a>(text: &'a str, label: &str) -> Vec<&'a str> {
+    let prefix = format!("| {label} |");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no row {label:?} in:\n{text}"));
+    row.split('|').map(str::trim).collect()
+}
+
+/// Median, min and max of the row `label`.
+fn figures(text: &str, label: &str) -> [f64; 3] {
+    let cells = row(text, label);
+    [(2, "median"), (3, "min"), (4, "max")].map(|(i, what)| {
+        cells[i].parse().unwrap_or_else(|_| {
+            panic!("{what} of {label:?} is not a number: {}", cells.join(" | "))
+        })
+    })
+}
+
+/// Every machine fact is there, every figure in `positive` is positive, every figure in
+/// `numbers` is a finite number, and the file says it is a smoke run.
+fn check_results(text: &str, positive: &[&str], numbers: &[&str]) {
     for fact in FACTS {
         let line = text.lines().find(|l| l.starts_with(fact));
         let value = line.map(|l| l[fact.len()..].trim()).unwrap_or_default();
         assert!(!value.is_empty(), "missing {fact:?} in:\n{text}");
     }
-    for label in LABELS {
-        let prefix = format!("| {label} |");
-        let row = text
-            .lines()
-            .find(|l| l.starts_with(&prefix))
-            .unwrap_or_else(|| panic!("no row {label:?} in:\n{text}"));
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-        // cells: "", label, median, min, max, unit, samples, detail, ""
-        for (i, what) in [(2, "median"), (3, "min"), (4, "max")] {
-            let v: f64 = cells[i]
-                .parse()
-                .unwrap_or_else(|_| panic!("{what} of {label:?} is not a number: {row}"));
+    for label in positive {
+        for v in figures(text, label) {
             assert!(
                 v.is_finite() && v > 0.0,
-                "{what} of {label:?} is not positive: {row}"
+                "{label:?} is not positive:\n{text}"
             );
+        }
+    }
+    for label in numbers {
+        for v in figures(text, label) {
+            assert!(v.is_finite(), "{label:?} is not a finite number:\n{text}");
         }
     }
     // The smoke run says it is one, so its figures are never mistaken for measurements.
     assert!(text.contains("- mode: smoke"), "{text}");
-    // The store's temporary data directories are removed.
-    let left: Vec<_> = std::fs::read_dir(&work_dir).unwrap().collect();
+}
+
+/// Nothing left behind in the directory where the runs made their data directories.
+fn assert_empty(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
     assert!(
         left.is_empty(),
         "left behind in {}: {left:?}",
-        work_dir.display()
+        dir.display()
     );
+}
+
+#[test]
+fn smoke_run_writes_every_figure() {
+    let scratch = Scratch::new("smoke");
+    let out_dir = scratch.0.join("results");
+    let work_dir = scratch.0.join("work");
+    let text = run_bench(
+        &[
+            "--smoke".as_ref(),
+            "--out".as_ref(),
+            out_dir.as_os_str(),
+            "--tmp-dir".as_ref(),
+            work_dir.as_os_str(),
+        ],
+        &out_dir,
+        "foundation",
+    );
+    check_results(&text, LABELS, &[]);
+    // The store's temporary data directories are removed.
+    assert_empty(&work_dir);
+}
+
+/// The `coffer` binary of the same build as this test (target/<profile>/coffer), built
+/// with `cargo build -p coffer` if it is missing. `COFFER_BENCH_COFFER` overrides it.
+fn coffer_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("COFFER_BENCH_COFFER") {
+        return PathBuf::from(path);
+    }
+    // This test runs as target/<profile>/deps/smoke-<hash>.
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let coffer = profile_dir.join("coffer");
+    if coffer.is_file() {
+        return coffer;
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+    build
+        .current_dir(&workspace)
+        .args(["build", "-p", "coffer"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "cargo build -p coffer failed ({status})");
+    assert!(
+        coffer.is_file(),
+        "cargo build -p coffer made no {}",
+        coffer.display()
+    );
+    coffer
+}
+
+#[test]
+fn imap_smoke_run_writes_every_figure() {
+    let coffer = coffer_binary();
+    let scratch = Scratch::new("imap-smoke");
+    let out_dir = scratch.0.join("results");
+    let work_dir = scratch.0.join("work");
+    let text = run_bench(
+        &[
+            "imap".as_ref(),
+            "--smoke".as_ref(),
+            "--coffer".as_ref(),
+            coffer.as_os_str(),
+            "--out".as_ref(),
+            out_dir.as_os_str(),
+            "--tmp-dir".as_ref(),
+            work_dir.as_os_str(),
+        ],
+        &out_dir,
+        "imap",
+    );
+    check_results(&text, IMAP_LABELS, IMAP_DIFFERENCES);
+    // The scratch installation (and with it the server's data) is removed.
+    assert_empty(&work_dir);
 }

@@ -13,11 +13,16 @@
 //!   is sent with bare LFs turned into CRLF and NUL bytes turned into 0x80 (BINARY keeps NULs).
 //! * Boundaries match by prefix (RFC 2046), the newest enclosing multipart first, the longest
 //!   match wins. A part whose header runs into a boundary ends there; the newline before the
-//!   boundary then belongs to the boundary, not to the part's header.
+//!   boundary line then belongs to the enclosing part, not to the part's header.
 //! * Without `MIME-Version` and without `Content-Type`, every other `Content-*` header of that
 //!   part is ignored (text/plain, us-ascii, 7bit).
 //! * More than 100 nested parts (or 10,000 parts in all) are not parsed: the deepest
-//!   multipart or message/rfc822 is then an opaque `application/octet-stream`.
+//!   multipart or message/rfc822 is then an opaque `application/octet-stream`. This is
+//!   Dovecot's limit and also bounds every recursion here.
+//! * Where Dovecot's answer is wrong per the RFC, Coffer differs on purpose; the list, with
+//!   reasons, is `ALLOWED_DIFFERENCES` in `tests/mime_reference.rs` (so far only
+//!   BINARY.SIZE: Coffer always answers the length of what BINARY returns). On invalid
+//!   base64 or quoted-printable Dovecot fails the BINARY fetch; Coffer decodes leniently.
 //!
 //! Nothing here panics on any input; every function works on the raw message bytes as stored.
 
@@ -115,8 +120,9 @@ pub fn header_values(raw: &[u8], name: &str) -> Vec<String> {
     MimeMessage::parse(raw).header_values(name)
 }
 
-/// The decoded text of every text/* part (transfer encoding and charset decoded), parts
-/// separated by a newline: what SEARCH BODY and the body half of SEARCH TEXT look in.
+/// The decoded text of every text/* part, also inside attached messages (transfer encoding
+/// and charset decoded, HTML left as it is), parts separated by a newline: what SEARCH BODY
+/// and the body half of SEARCH TEXT look in.
 pub fn search_text(raw: &[u8]) -> String {
     MimeMessage::parse(raw).search_text()
 }
@@ -261,7 +267,7 @@ impl<'a> MimeMessage<'a> {
     /// See [`search_text`].
     pub fn search_text(&self) -> String {
         let mut out = String::new();
-        for (id, part) in self.parts.iter().enumerate() {
+        for part in &self.parts {
             if !part.children.is_empty() || part.flags & F_TEXT == 0 {
                 continue;
             }
@@ -274,7 +280,7 @@ impl<'a> MimeMessage<'a> {
                 Cte::Qp => qp_decode(body),
                 _ => body.to_vec(),
             };
-            let charset = self.parts[id]
+            let charset = part
                 .data
                 .content_type_params
                 .iter()

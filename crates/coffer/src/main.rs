@@ -183,6 +183,11 @@ async fn serve(config: &std::path::Path) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let imap = tokio::spawn(coffer_imap::server::serve(ctx, listeners, stop_rx));
 
+    // Handlers first: a SIGTERM right after the "running" line must stop us cleanly.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
     eprintln!(
         "coffer serve: running on {} (pid {}); listening on {}. Stop with Ctrl-C or SIGTERM.",
         env.cfg.data_dir().display(),
@@ -197,10 +202,9 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             registry.sweep();
         }
     });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
+
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
     let _ = stop_tx.send(true);

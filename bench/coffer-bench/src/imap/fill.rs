@@ -40,7 +40,7 @@ pub const MAX_SIZE: usize = 2047;
 pub fn message(i: usize) -> Vec<u8> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64 ^ 0x00c0_ffee);
     let size = rng.gen_range(MIN_SIZE..=MAX_SIZE);
-    let mut pick = |rng: &mut rand::rngs::StdRng| WORDS[rng.gen_range(0..WORDS.len())];
+    let pick = |rng: &mut rand::rngs::StdRng| WORDS[rng.gen_range(0..WORDS.len())];
     let subject = format!(
         "{} {} {} #{i}",
         pick(&mut rng),
