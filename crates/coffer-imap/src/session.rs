@@ -472,10 +472,20 @@ impl Session {
                 }
             }
         }
-        // A keyring locked ("lock now", reset elsewhere) ends the session.
+        // A keyring locked ("lock now"), or an account reset or deleted by another process
+        // (the CLI), ends the session: its keys no longer match the account.
         if let Some(u) = &self.user {
             if u.is_locked() {
                 return Done::Bye("Mailbox locked; log in again".into());
+            }
+            let current = u.with(|k| k.current_generation()).ok();
+            match self.ctx.mail.vault().store().get_account(u.user_id()).await {
+                Ok(Some(a)) if Some(a.generation) == current => {}
+                Ok(_) => {
+                    self.ctx.mail.vault().lock(u.user_id());
+                    return Done::Bye("Account changed; log in again".into());
+                }
+                Err(_) => return Done::no("[UNAVAILABLE] Storage is unavailable, try again"),
             }
         }
         match command.body {

@@ -96,6 +96,13 @@ fn cli_changes_take_effect_in_the_running_server_at_once() {
         &["user", "reset", "alice", "--yes", "--password-stdin"],
         "after reset password\n",
     );
+    held.get_mut().write_all(b"h2 NOOP\r\n").unwrap();
+    let mut bye = String::new();
+    held.read_line(&mut bye).unwrap();
+    assert!(
+        bye.starts_with("* BYE"),
+        "the session on the old keyring ends: {bye}"
+    );
     assert!(login(server.imap, "alice", "the new password").contains("NO [AUTHENTICATIONFAILED]"));
     assert!(login(server.imap, "alice", "after reset password").starts_with("l1 OK"));
 

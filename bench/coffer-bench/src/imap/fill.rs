@@ -150,7 +150,7 @@ pub async fn fill(
         for i in first..end {
             let body = message(i);
             bytes += body.len() as u64;
-            let flags: &[Flag] = if i % UNSEEN_EVERY == 0 {
+            let flags: &[Flag] = if i.is_multiple_of(UNSEEN_EVERY) {
                 unseen += 1;
                 &[]
             } else {
@@ -182,10 +182,10 @@ pub async fn fill(
                 sealed_meta,
                 sealed_flags: Some(sealed_flags),
             });
-            if blobs.len() >= BLOB_WRITES {
-                if let Some(done) = blobs.join_next().await {
-                    done??;
-                }
+            if blobs.len() >= BLOB_WRITES
+                && let Some(done) = blobs.join_next().await
+            {
+                done??;
             }
             let store = store.clone();
             blobs.spawn(async move { store.put_blob(&user_id, &blob_id, sealed_body).await });

@@ -213,7 +213,7 @@ fn raise_nofile(needed: u64) -> Result<String, BoxError> {
             .into());
         }
         limit.current = Some(needed);
-        setrlimit(Resource::Nofile, limit.clone())
+        setrlimit(Resource::Nofile, limit)
             .map_err(|e| format!("raising RLIMIT_NOFILE to {needed}: {e}"))?;
     }
     let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |v| v.to_string());
@@ -326,7 +326,7 @@ fn login_and_mailbox(
     );
     // A seen message in the middle of the mailbox (index i is UID i + 1).
     let mut body_index = m / 2;
-    if body_index % fill::UNSEEN_EVERY == 0 {
+    if body_index.is_multiple_of(fill::UNSEEN_EVERY) {
         body_index += 1;
     }
     let body_index = body_index.min(m - 1);
@@ -536,6 +536,10 @@ fn idle_connections(
     })
 }
 
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
@@ -640,8 +644,7 @@ fn rows(s: &Settings, f: &Figures, filled: &fill::Filled, kdf: &str) -> Vec<Row>
         "ms",
         &f.envelope32_ms,
         format!(
-            "FETCH {}:{m} (ENVELOPE), for comparison with the row above: the server reads \
-             metadata message by message for up to 32 messages, and the whole mailbox's beyond",
+            "FETCH {}:{m} (ENVELOPE), for comparison with the row above (see bench/README.md)",
             m.saturating_sub(32) + 1
         ),
     );
@@ -681,11 +684,10 @@ fn rows(s: &Settings, f: &Figures, filled: &fill::Filled, kdf: &str) -> Vec<Row>
             unit: "KiB",
             summary: Summary::of(&[per]),
             detail: format!(
-                "{} connections, {how}: LOGIN, SELECT INBOX (empty), IDLE; {} users, {} source \
-                 addresses; server VmRSS {} KiB before, {} KiB after; target < {TARGET_IDLE_KIB} KiB: {}",
+                "{} connections, {how}: LOGIN, SELECT INBOX (empty), IDLE; {}, {}; server VmRSS {} KiB before, {} KiB after; target < {TARGET_IDLE_KIB} KiB: {}",
                 idle.memory.connections,
-                idle.users,
-                idle.addresses,
+                plural(idle.users, "user", "users"),
+                plural(idle.addresses, "source address", "source addresses"),
                 idle.memory.before_kib,
                 idle.memory.after_kib,
                 met(per < TARGET_IDLE_KIB)
@@ -696,10 +698,10 @@ fn rows(s: &Settings, f: &Figures, filled: &fill::Filled, kdf: &str) -> Vec<Row>
             unit: "% of a core",
             summary: Summary::of(&[idle.cpu_percent]),
             detail: format!(
-                "{} connections in IDLE, over {} s (each IDLE session checks its mailbox every \
-                 500 ms); opening them took {} s; server threads {} before, {} after",
-                idle.memory.connections,
+                "user + system CPU time of the server (/proc/PID/stat) over {} s while the {} \
+                 connections sit in IDLE; opening them took {} s; server threads {} before, {} after",
                 n(s.idle_cpu.as_secs_f64()),
+                idle.memory.connections,
                 n(idle.open_took.as_secs_f64()),
                 idle.threads_before,
                 idle.threads_after
