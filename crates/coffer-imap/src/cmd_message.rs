@@ -68,16 +68,6 @@ fn partial_slice(data: &[u8], partial: Option<(u32, u32)>) -> &[u8] {
     }
 }
 
-fn header_part(raw: &[u8]) -> &[u8] {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
-        .unwrap_or(raw.len());
-    &raw[..end]
-}
-
 impl Session {
     /// Loads sealed metadata for the given UIDs: one query per message for a few, the whole
     /// mailbox for many.
@@ -310,7 +300,8 @@ impl Session {
                         p.push(b' ');
                         match mime::section(raw_bytes, section) {
                             Some(data) => response::literal(&mut p, partial_slice(&data, *partial)),
-                            None => p.extend_from_slice(b"NIL"),
+                            // A part that does not exist is an empty string, as Dovecot answers.
+                            None => p.extend_from_slice(b"{0}\r\n"),
                         }
                     }
                     FetchAtt::Binary { part, partial, .. } => {
@@ -333,7 +324,7 @@ impl Session {
                                 unknown_cte = true;
                                 p.extend_from_slice(b"NIL");
                             }
-                            Err(_) => p.extend_from_slice(b"NIL"),
+                            Err(_) => p.extend_from_slice(b"{0}\r\n"),
                         }
                     }
                     FetchAtt::BinarySize(part) => {
@@ -355,17 +346,24 @@ impl Session {
                             }
                         }
                     }
-                    FetchAtt::Rfc822 => {
-                        p.extend_from_slice(b"RFC822 ");
-                        response::literal(&mut p, raw_bytes);
-                    }
-                    FetchAtt::Rfc822Header => {
-                        p.extend_from_slice(b"RFC822.HEADER ");
-                        response::literal(&mut p, header_part(raw_bytes));
-                    }
-                    FetchAtt::Rfc822Text => {
-                        p.extend_from_slice(b"RFC822.TEXT ");
-                        response::literal(&mut p, &raw_bytes[header_part(raw_bytes).len()..]);
+                    // The RFC822 forms are BODY[], BODY.PEEK[HEADER] and BODY[TEXT] under
+                    // their old names (RFC 9051 §6.4.5), with the same CRLF/NUL handling.
+                    FetchAtt::Rfc822 | FetchAtt::Rfc822Header | FetchAtt::Rfc822Text => {
+                        let (name, text) = match item {
+                            FetchAtt::Rfc822 => ("RFC822 ", None),
+                            FetchAtt::Rfc822Header => ("RFC822.HEADER ", Some(SectionText::Header)),
+                            _ => ("RFC822.TEXT ", Some(SectionText::Text)),
+                        };
+                        p.extend_from_slice(name.as_bytes());
+                        let data = mime::section(
+                            raw_bytes,
+                            &Section {
+                                part: Vec::new(),
+                                text,
+                            },
+                        )
+                        .unwrap_or_default();
+                        response::literal(&mut p, &data);
                     }
                 }
                 parts.push(p);

@@ -286,6 +286,9 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
 
     let all = store.list_messages(&u, inbox).await.unwrap();
     assert_eq!(all.len(), 5);
+    // Twenty more are appended below; here: five messages of 11 stored bytes.
+    assert_eq!(store.stored_bytes(&u).await.unwrap(), 55);
+    assert_eq!(store.stored_bytes(&user(99)).await.unwrap(), 0);
     let flags = store.list_flags(&u, inbox).await.unwrap();
     assert_eq!(flags.len(), 5);
     for (f, m) in flags.iter().zip(&all) {

@@ -117,6 +117,9 @@ pub trait Store: Send + Sync + 'static {
         mailbox: MailboxId,
         messages: Vec<NewMessage>,
     ) -> Result<(Vec<Uid>, ModSeq)>;
+    /// Total stored (padded, sealed) bytes of a user's messages: what quota checks use when
+    /// no key is at hand (delivery). A copy shares its blob but counts again.
+    async fn stored_bytes(&self, user: &UserId) -> Result<u64>;
     /// All messages of a mailbox in UID order.
     async fn list_messages(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<MessageRow>>;
     /// UIDs, MODSEQs and sealed flags of a mailbox in UID order, without the metadata:

@@ -1204,6 +1204,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn stored_bytes(&self, user: &UserId) -> Result<u64> {
+        let user = *user;
+        self.read(move |c| {
+            c.query_row(
+                "SELECT COALESCE(SUM(blob_len), 0) FROM messages WHERE user_id = ?1",
+                params![user.as_bytes().as_slice()],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|v| v as u64)
+            .map_err(db_err)
+        })
+        .await
+    }
+
     async fn list_flags(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<FlagRow>> {
         let user = *user;
         self.read(move |c| {

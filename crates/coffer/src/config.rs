@@ -48,11 +48,8 @@ pub struct Imap {
 #[serde(deny_unknown_fields)]
 pub struct Lmtp {
     pub listen: Vec<String>,
-    // Read by the LMTP server (issue #4); validated and documented now.
-    #[allow(dead_code)]
     #[serde(default)]
     pub socket: String,
-    #[allow(dead_code)]
     pub local_domains: Vec<String>,
 }
 

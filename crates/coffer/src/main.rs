@@ -43,6 +43,21 @@ enum Command {
     /// The operator's offline recovery key for low security mode.
     #[command(subcommand, name = "recovery-key")]
     RecoveryKey(RecoveryKeyCommand),
+    /// Deliver one message from standard input to a user, sealed to their public key (a
+    /// local delivery agent for Postfix's mailbox_command, procmail or fetchmail). Exit
+    /// codes follow sysexits: 0 delivered, 67 unknown user, 65 too large, 75 temporary
+    /// failure (retry later), 64 bad usage.
+    Deliver {
+        /// The recipient: a username (user+tag delivers to user, into folder tag if it exists).
+        #[arg(long)]
+        to: String,
+        /// Deliver into this mailbox instead of INBOX, if it exists.
+        #[arg(long)]
+        mailbox: Option<String>,
+        /// Envelope sender, recorded in a Return-Path header.
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Check the store's integrity (no password needed); with --user, also open every
     /// message of that user (asks for their password).
     Check {
@@ -121,6 +136,10 @@ async fn run(cli: Cli) -> Result<()> {
             let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
             user::generate_recovery_key(&env, &out)
         }
+        Command::Deliver { to, mailbox, from } => {
+            let code = deliver(&cli.config, &to, mailbox.as_deref(), from.as_deref()).await;
+            std::process::exit(code);
+        }
         Command::Check {
             user,
             password_stdin,
@@ -128,6 +147,120 @@ async fn run(cli: Cli) -> Result<()> {
             let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
             user::check(&env, user.as_deref(), password_stdin).await
         }
+    }
+}
+
+/// `coffer deliver`: returns the sysexits code.
+async fn deliver(
+    config: &std::path::Path,
+    to: &str,
+    mailbox: Option<&str>,
+    from: Option<&str>,
+) -> i32 {
+    const EX_USAGE: i32 = 64;
+    const EX_DATAERR: i32 = 65;
+    const EX_NOUSER: i32 = 67;
+    const EX_TEMPFAIL: i32 = 75;
+    let env = match setup::open_or_init(config, None, true, setup::Start::Existing).await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("coffer deliver: {e:#}");
+            return EX_TEMPFAIL;
+        }
+    };
+    let lmtp = lmtp_config(&env);
+    let recipient = match coffer_lmtp::resolve_recipient(&env.mail, &lmtp, to).await {
+        Ok(r) => r,
+        Err(coffer_lmtp::ResolveError::Syntax) => {
+            eprintln!("coffer deliver: {to:?} is not a valid recipient");
+            return EX_USAGE;
+        }
+        Err(_) => {
+            eprintln!("coffer deliver: no such user");
+            return EX_NOUSER;
+        }
+    };
+    let target = match mailbox.map(coffer_types::MailboxName::new).transpose() {
+        Ok(m) => m.or(recipient.detail.clone()),
+        Err(e) => {
+            eprintln!("coffer deliver: invalid mailbox name: {e}");
+            return EX_USAGE;
+        }
+    };
+    let limit = env.cfg.limits.max_message_bytes;
+    let mut body = Vec::new();
+    use tokio::io::AsyncReadExt;
+    if let Err(e) = tokio::io::stdin()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .await
+    {
+        eprintln!("coffer deliver: reading the message: {e}");
+        return EX_TEMPFAIL;
+    }
+    if body.len() as u64 > limit {
+        eprintln!("coffer deliver: message is larger than {limit} bytes");
+        return EX_DATAERR;
+    }
+    // Bare LF line ends (from a pipe) become CRLF, as IMAP clients expect.
+    let mut message = Vec::with_capacity(body.len() + body.len() / 40 + 128);
+    if let Some(f) = from {
+        message.extend_from_slice(format!("Return-Path: <{f}>\r\n").as_bytes());
+    }
+    message.extend_from_slice(format!("Delivered-To: {to}\r\n").as_bytes());
+    let mut prev = 0u8;
+    for &b in &body {
+        if b == b'\n' && prev != b'\r' {
+            message.push(b'\r');
+        }
+        message.push(b);
+        prev = b;
+    }
+    drop(body);
+    if env.cfg.limits.quota_bytes > 0 {
+        let used = coffer_store::Store::stored_bytes(&env.store, &recipient.user)
+            .await
+            .unwrap_or(0);
+        if used + message.len() as u64 > env.cfg.limits.quota_bytes {
+            eprintln!("coffer deliver: mailbox is over quota");
+            return EX_TEMPFAIL;
+        }
+    }
+    match env
+        .mail
+        .deliver(
+            &recipient.user,
+            target.as_ref(),
+            &message,
+            coffer_mail::InternalDate::now(),
+        )
+        .await
+    {
+        Ok(_) => 0,
+        Err(coffer_mail::MailError::TooLarge(_)) => EX_DATAERR,
+        Err(coffer_mail::MailError::NoSuchUser) => EX_NOUSER,
+        Err(e) => {
+            eprintln!("coffer deliver: {e}");
+            EX_TEMPFAIL
+        }
+    }
+}
+
+fn lmtp_config(env: &setup::Env) -> coffer_lmtp::LmtpConfig {
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    coffer_lmtp::LmtpConfig {
+        hostname: if hostname.is_empty() {
+            "localhost".into()
+        } else {
+            hostname
+        },
+        local_domains: env.cfg.lmtp.local_domains.clone(),
+        max_message_bytes: env.cfg.limits.max_message_bytes,
+        quota_bytes: env.cfg.limits.quota_bytes,
+        ..Default::default()
     }
 }
 
@@ -181,6 +314,47 @@ async fn serve(config: &std::path::Path) -> Result<()> {
     }
     let ctx = coffer_imap::server::Ctx::new(env.mail.clone(), imap_config, Some(tls));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lmtp = std::sync::Arc::new(lmtp_config(&env));
+    for addr in &env.cfg.lmtp.listen {
+        let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for LMTP (from {})",
+                env.config_path.display()
+            )
+        })?;
+        bound.push(format!("{} (LMTP)", socket.local_addr()?));
+        tokio::spawn(coffer_lmtp::serve_tcp(
+            env.mail.clone(),
+            lmtp.clone(),
+            socket,
+            stop_rx.clone(),
+        ));
+    }
+    if !env.cfg.lmtp.socket.trim().is_empty() {
+        let path = env
+            .cfg
+            .resolve(std::path::Path::new(env.cfg.lmtp.socket.trim()));
+        // A socket left by an earlier run (we hold the data directory lock, so it is ours).
+        let stale = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        });
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+        let socket = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("cannot listen on LMTP socket {}", path.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        bound.push(format!("{} (LMTP)", path.display()));
+        tokio::spawn(coffer_lmtp::serve_unix(
+            env.mail.clone(),
+            lmtp.clone(),
+            socket,
+            stop_rx.clone(),
+        ));
+    }
     let imap = tokio::spawn(coffer_imap::server::serve(ctx, listeners, stop_rx));
 
     // Handlers first: a SIGTERM right after the "running" line must stop us cleanly.
