@@ -1068,3 +1068,29 @@ async fn envelope_bodystructure_and_sections() {
     let r = c.ok("a6", "SEARCH FROM jane BODY hello").await;
     assert_eq!(r[0], "* SEARCH 1");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_error_is_a_no_and_the_server_keeps_serving() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    append(&mut c, "INBOX", "", &message("doomed", "x")).await;
+    c.ok("a1", "SELECT INBOX").await;
+    // The blob vanishes from the disk underneath the server.
+    let mut removed = 0;
+    for shard in std::fs::read_dir(s.dir.join("blobs")).unwrap().flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            std::fs::remove_file(f.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1);
+    let r = c.cmd("a2", "FETCH 1 BODY.PEEK[]").await;
+    assert!(r.last().unwrap().starts_with("a2 NO [SERVERBUG]"), "{r:?}");
+    c.ok("a3", "NOOP").await;
+    c.ok("a4", "FETCH 1 FLAGS").await;
+    let mut other = Client::login(s.addr, "bob").await;
+    other.ok("b1", "SELECT INBOX").await;
+}
