@@ -41,7 +41,8 @@ const MB: f64 = 1e6;
 #[derive(Parser, Debug)]
 #[command(
     name = "coffer-bench",
-    about = "Foundation benchmarks of Coffer: Argon2id cost, body sealing, durable appends, delivery",
+    about = "Benchmarks of Coffer. Without a subcommand: the foundation benchmarks (Argon2id cost, \
+             body sealing, durable appends, delivery)",
     long_about = None,
     args_conflicts_with_subcommands = true
 )]

@@ -197,10 +197,13 @@ fn coffer_binary() -> PathBuf {
         return coffer;
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The build goes where this test's own build went (target/<profile>).
+    let target_dir = profile_dir.parent().expect("target/<profile> has a parent");
     let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
     build
         .current_dir(&workspace)
-        .args(["build", "-p", "coffer"]);
+        .args(["build", "-p", "coffer", "--target-dir"])
+        .arg(target_dir);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
     }

@@ -77,32 +77,28 @@ impl Session {
             return Err(Done::bad("No mailbox selected"));
         };
         let mut out = HashMap::new();
-        if uids.len() > 32 {
+        // Most of the mailbox: one pass over it. A part: just those rows, in batches.
+        let list = if uids.len() * 4 > sel.view.len() {
+            let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
             let all = self
                 .ctx
                 .mail
                 .messages(session, sel.mailbox.id)
                 .await
                 .map_err(mail_err)?;
-            let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
-            for m in all {
-                if wanted.contains(&m.uid.get()) {
-                    out.insert(m.uid.get(), m);
-                }
-            }
+            all.into_iter()
+                .filter(|m| wanted.contains(&m.uid.get()))
+                .collect()
         } else {
-            for &u in uids {
-                let Some(uid) = Uid::new(u) else { continue };
-                if let Some(m) = self
-                    .ctx
-                    .mail
-                    .message(session, sel.mailbox.id, uid)
-                    .await
-                    .map_err(mail_err)?
-                {
-                    out.insert(u, m);
-                }
-            }
+            let wanted: Vec<Uid> = uids.iter().filter_map(|u| Uid::new(*u)).collect();
+            self.ctx
+                .mail
+                .messages_for(session, sel.mailbox.id, &wanted)
+                .await
+                .map_err(mail_err)?
+        };
+        for m in list {
+            out.insert(m.uid.get(), m);
         }
         Ok(out)
     }

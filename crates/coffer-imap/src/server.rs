@@ -276,6 +276,18 @@ pub async fn serve(
     }
 }
 
+/// Gives the per-address connection slot back when the connection ends, however it ends.
+struct AddrSlot {
+    ctx: Arc<Ctx>,
+    ip: IpAddr,
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        self.ctx.disconnect(self.ip);
+    }
+}
+
 async fn handle(
     ctx: Arc<Ctx>,
     stream: tokio::net::TcpStream,
@@ -291,22 +303,20 @@ async fn handle(
             .await;
         return;
     }
+    let _slot = AddrSlot {
+        ctx: ctx.clone(),
+        ip: peer.ip(),
+    };
     let io = if implicit_tls {
         let Some(acceptor) = ctx.tls.clone() else {
-            ctx.disconnect(peer.ip());
             return;
         };
         match tokio::time::timeout(Duration::from_secs(30), acceptor.accept(stream)).await {
             Ok(Ok(tls)) => Io::Tls(Box::new(tls)),
-            _ => {
-                ctx.disconnect(peer.ip());
-                return;
-            }
+            _ => return,
         }
     } else {
         Io::Plain(stream)
     };
-    let tls = implicit_tls;
-    Session::new(ctx.clone(), peer, tls).run(io).await;
-    ctx.disconnect(peer.ip());
+    Session::new(ctx.clone(), peer, implicit_tls).run(io).await;
 }

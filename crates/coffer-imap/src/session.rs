@@ -38,9 +38,7 @@ impl Out<'_> {
     }
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            let w = self.r.get_mut();
-            w.write_all(&self.buf).await?;
-            w.flush().await?;
+            write_now(self.r, &self.buf).await?;
             self.buf.clear();
         }
         Ok(())
@@ -433,7 +431,16 @@ impl Session {
             self.ctx.user_disconnect(u.user_id());
         }
     }
+}
 
+impl Drop for Session {
+    // Also on a panic or a cancelled task: the per-user count must come back down.
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+impl Session {
     async fn dispatch(&mut self, command: Command, out: &mut Out<'_>) -> Done {
         use CommandBody as C;
         let authenticated = self.user.is_some();
@@ -857,10 +864,18 @@ fn short(u: &coffer_types::UserId) -> String {
     u.to_hex()[..12].to_string()
 }
 
+/// A client that stops reading cannot hold its session (and the user's keys) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
 pub(crate) async fn write_now(r: &mut Reader, bytes: &[u8]) -> std::io::Result<()> {
     let w = r.get_mut();
-    w.write_all(bytes).await?;
-    w.flush().await
+    let write = async {
+        w.write_all(bytes).await?;
+        w.flush().await
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading"))?
 }
 
 pub(crate) fn flags_text(flags: &[Flag]) -> String {

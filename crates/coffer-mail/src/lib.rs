@@ -138,6 +138,33 @@ fn new_mailbox_row(
     }
 }
 
+/// Mailboxes at least this large decrypt their flags in parallel.
+const PARALLEL_FLAGS_MIN: usize = 4096;
+
+fn decrypt_flags(k: &Keyring, rows: &[coffer_store::FlagRow]) -> Result<Vec<FlagsEntry>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let g = row.seal.generation();
+        if !k.has_generation(g) {
+            continue;
+        }
+        let flags = match &row.sealed_flags {
+            Some(f) => {
+                let plain = k.open(g, Place::MessageFlags(row.msg_id.as_bytes()), f)?;
+                codec::decode_flags(&plain)
+                    .map_err(|_| MailError::Tampered(format!("flags of message {}", row.msg_id)))?
+            }
+            None => Vec::new(),
+        };
+        out.push(FlagsEntry {
+            uid: row.uid,
+            modseq: row.modseq,
+            flags,
+        });
+    }
+    Ok(out)
+}
+
 /// The mailbox model over a vault (and through it, the store).
 #[derive(Clone)]
 pub struct Mail {
@@ -240,29 +267,39 @@ impl Mail {
         mailbox: MailboxId,
     ) -> Result<Vec<FlagsEntry>> {
         let rows = self.store().list_flags(session.user_id(), mailbox).await?;
-        session.with(|k| -> Result<Vec<FlagsEntry>> {
-            let mut out = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let g = row.seal.generation();
-                if !k.has_generation(g) {
-                    continue;
-                }
-                let flags = match &row.sealed_flags {
-                    Some(f) => {
-                        let plain = k.open(g, Place::MessageFlags(row.msg_id.as_bytes()), f)?;
-                        codec::decode_flags(&plain).map_err(|_| {
-                            MailError::Tampered(format!("flags of message {}", row.msg_id))
-                        })?
+        if rows.len() < PARALLEL_FLAGS_MIN {
+            return session.with(|k| decrypt_flags(k, &rows))?;
+        }
+        // A large mailbox: decrypt on blocking threads, split over the cores, so opening
+        // 100,000 messages neither stalls the async workers nor uses one core only.
+        let worker = session.another_session()?;
+        tokio::task::spawn_blocking(move || {
+            worker.with(|k| {
+                let threads = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .clamp(1, 8);
+                let chunk = rows.len().div_ceil(threads);
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = rows
+                        .chunks(chunk)
+                        .map(|c| scope.spawn(|| decrypt_flags(k, c)))
+                        .collect();
+                    let mut out = Vec::with_capacity(rows.len());
+                    for h in handles {
+                        out.extend(h.join().map_err(|_| {
+                            MailError::Tampered("flags decryption failed".into())
+                        })??);
                     }
-                    None => Vec::new(),
-                };
-                out.push(FlagsEntry {
-                    uid: row.uid,
-                    modseq: row.modseq,
-                    flags,
-                });
-            }
-            Ok(out)
+                    Ok(out)
+                })
+            })?
+        })
+        .await
+        .map_err(|e| {
+            MailError::Store(coffer_store::StoreError::Unavailable(format!(
+                "decryption task failed: {e}"
+            )))
         })?
     }
 
@@ -681,6 +718,33 @@ impl Mail {
         let rows = self
             .store()
             .list_messages(session.user_id(), mailbox)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if !session.with(|k| k.has_generation(row.seal.generation()))? {
+                continue;
+            }
+            let mut m = self.decode_message(session, row)?;
+            if let SealRef::PublicKey(g) = row.seal {
+                self.reseal_delivered(session, &m, g).await?;
+                m.seal = SealRef::IndexKey(g);
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// The messages with the given UIDs (absent ones skipped), in UID order; delivered rows
+    /// are re-sealed as in [`Mail::messages`].
+    pub async fn messages_for(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uids: &[Uid],
+    ) -> Result<Vec<Message>> {
+        let rows = self
+            .store()
+            .get_messages(session.user_id(), mailbox, uids.to_vec())
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -289,6 +289,29 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
     // Twenty more are appended below; here: five messages of 11 stored bytes.
     assert_eq!(store.stored_bytes(&u).await.unwrap(), 55);
     assert_eq!(store.stored_bytes(&user(99)).await.unwrap(), 0);
+    let some = store
+        .get_messages(
+            &u,
+            inbox,
+            vec![
+                Uid::new(4).unwrap(),
+                Uid::new(2).unwrap(),
+                Uid::new(99).unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        some.iter().map(|m| m.uid.get()).collect::<Vec<_>>(),
+        vec![2, 4]
+    );
+    assert!(
+        store
+            .get_messages(&user(1), inbox, vec![Uid::new(2).unwrap()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let flags = store.list_flags(&u, inbox).await.unwrap();
     assert_eq!(flags.len(), 5);
     for (f, m) in flags.iter().zip(&all) {

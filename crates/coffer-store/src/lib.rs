@@ -122,6 +122,13 @@ pub trait Store: Send + Sync + 'static {
     async fn stored_bytes(&self, user: &UserId) -> Result<u64>;
     /// All messages of a mailbox in UID order.
     async fn list_messages(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<MessageRow>>;
+    /// The messages with the given UIDs (absent ones skipped), in UID order.
+    async fn get_messages(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+    ) -> Result<Vec<MessageRow>>;
     /// UIDs, MODSEQs and sealed flags of a mailbox in UID order, without the metadata:
     /// what opening a mailbox needs, cheaply.
     async fn list_flags(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<FlagRow>>;

@@ -1204,6 +1204,41 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_messages(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        uids: Vec<Uid>,
+    ) -> Result<Vec<MessageRow>> {
+        let user = *user;
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(uids.len());
+            let mut sorted: Vec<u32> = uids.iter().map(|u| u.get()).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            // SQLite allows 32766 host parameters; stay well under it.
+            for chunk in sorted.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(",");
+                let sql = format!(
+                    "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND user_id = ? AND uid IN ({marks}) ORDER BY uid"
+                );
+                let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
+                let mut values: Vec<rusqlite::types::Value> = vec![mailbox.0.into(), user.as_bytes().to_vec().into()];
+                values.extend(chunk.iter().map(|u| rusqlite::types::Value::from(*u as i64)));
+                let raws = stmt
+                    .query_map(rusqlite::params_from_iter(values), message_raw)
+                    .map_err(db_err)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(db_err)?;
+                for raw in raws {
+                    out.push(message_decode(raw)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stored_bytes(&self, user: &UserId) -> Result<u64> {
         let user = *user;
         self.read(move |c| {

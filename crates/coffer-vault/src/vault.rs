@@ -520,22 +520,24 @@ impl Vault {
             return Ok(None);
         }
         let account = self.store.get_account(user).await?;
-        let slot = self.store.find_slot(user, &locator).await?;
+        let slot = self
+            .store
+            .find_slot(user, &locator)
+            .await?
+            .filter(|s| s.generation == generation && s.kind == kind);
         let current = account.is_some_and(|a| a.generation == generation);
-        if !current || !slot.is_some_and(|s| s.generation == generation && s.kind == kind) {
+        let (true, Some(slot)) = (current, slot) else {
             self.registry.forget_secrets(user);
             return Ok(None);
-        }
+        };
         let session = self.registry.join_existing(user, kind);
         if session.is_some() {
             // Last-use bookkeeping is best effort and off the login's critical path.
             let store = self.store.clone();
             let user = *user;
-            if let Some(slot) = self.store.find_slot(&user, &locator).await.ok().flatten() {
-                tokio::spawn(async move {
-                    let _ = store.touch_slot(&user, &slot.slot_id, now()).await;
-                });
-            }
+            tokio::spawn(async move {
+                let _ = store.touch_slot(&user, &slot.slot_id, now()).await;
+            });
         }
         Ok(session)
     }

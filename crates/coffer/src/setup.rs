@@ -165,7 +165,7 @@ pub async fn open_or_init(
             .set_meta(PEPPER_CHECK_KEY, &pepper.check_value())
             .await?;
     }
-    if ensure_certificate(&cfg)? {
+    if start != Start::Existing && ensure_certificate(&cfg)? {
         created = true;
     }
 
@@ -241,8 +241,8 @@ fn print_first_start(cfg: &Config, config_path: &Path) {
   pepper:       {}   (mode 0600; back it up apart from the data: losing it loses every mailbox)
   certificate:  {} (self-signed for localhost)
   IMAP:         {} (STARTTLS), {} (TLS)
-  LMTP:         {}
-  panel:        https://{}
+  LMTP:         {}{}
+  panel:        https://{} (configured; the control panel arrives in a later release)
 Add the first user with:
   coffer user add alice",
         config_path.display(),
@@ -252,6 +252,11 @@ Add the first user with:
         cfg.imap.listen.join(", "),
         cfg.imap.listen_tls.join(", "),
         cfg.lmtp.listen.join(", "),
+        if cfg.lmtp.socket.trim().is_empty() {
+            String::new()
+        } else {
+            format!(", socket {}", cfg.lmtp.socket.trim())
+        },
         cfg.panel.listen
     );
 }

@@ -1,6 +1,8 @@
 //! Helpers for tests that drive the real `coffer` binary in a scratch directory.
 #![allow(dead_code)]
 
+pub mod imap;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,6 +140,11 @@ pub struct Server {
     pub imap: SocketAddr,
     /// Implicit-TLS listener.
     pub imaps: SocketAddr,
+    /// LMTP TCP listeners (`[lmtp] listen`), in the order the server listed them.
+    pub lmtp: Vec<SocketAddr>,
+    /// The LMTP unix socket (`[lmtp] socket`) if configured, as the server printed it
+    /// (relative paths are relative to the scratch directory, the server's working dir).
+    pub lmtp_socket: Option<PathBuf>,
 }
 
 impl Drop for Server {
@@ -148,7 +155,8 @@ impl Drop for Server {
 }
 
 /// Starts `coffer serve` in `s` and reads the bound addresses from its "running" line,
-/// e.g. "... listening on 127.0.0.1:41234 (IMAP+STARTTLS), 127.0.0.1:40111 (IMAPS). ...".
+/// e.g. "... listening on 127.0.0.1:41234 (IMAP+STARTTLS), 127.0.0.1:40111 (IMAPS),
+/// 127.0.0.1:40112 (LMTP), ./coffer-lmtp.sock (LMTP). ...".
 pub fn start_server_with_addrs(s: &Scratch) -> Server {
     let (child, line) = spawn_server(s);
     // Own the child before anything can panic, so that it is killed.
@@ -156,6 +164,8 @@ pub fn start_server_with_addrs(s: &Scratch) -> Server {
         child,
         imap: "0.0.0.0:0".parse().unwrap(),
         imaps: "0.0.0.0:0".parse().unwrap(),
+        lmtp: Vec::new(),
+        lmtp_socket: None,
     };
     let (mut imap, mut imaps) = (None, None);
     let list = line
@@ -165,14 +175,17 @@ pub fn start_server_with_addrs(s: &Scratch) -> Server {
         .unwrap_or_else(|| panic!("no listener list in {line:?}"));
     for item in list.split(", ") {
         let (addr, kind) = item
-            .split_once(' ')
+            .rsplit_once(' ')
             .unwrap_or_else(|| panic!("unparsable listener {item:?} in {line:?}"));
-        let addr: SocketAddr = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"));
-        match kind.trim_end_matches('.') {
-            "(IMAPS)" => imaps = imaps.or(Some(addr)),
-            "(IMAP+STARTTLS)" => imap = imap.or(Some(addr)),
+        let kind = kind.trim_end_matches('.');
+        let parsed: Result<SocketAddr, _> = addr.parse();
+        match (kind, parsed) {
+            // The unix socket is listed by its path.
+            ("(LMTP)", Err(_)) => server.lmtp_socket = Some(PathBuf::from(addr)),
+            (_, Err(e)) => panic!("bad address {addr:?} in {line:?}: {e}"),
+            ("(IMAPS)", Ok(a)) => imaps = imaps.or(Some(a)),
+            ("(IMAP+STARTTLS)", Ok(a)) => imap = imap.or(Some(a)),
+            ("(LMTP)", Ok(a)) => server.lmtp.push(a),
             _ => {}
         }
     }
