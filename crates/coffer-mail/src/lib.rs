@@ -719,19 +719,7 @@ impl Mail {
             .store()
             .list_messages(session.user_id(), mailbox)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if !session.with(|k| k.has_generation(row.seal.generation()))? {
-                continue;
-            }
-            let mut m = self.decode_message(session, row)?;
-            if let SealRef::PublicKey(g) = row.seal {
-                self.reseal_delivered(session, &m, g).await?;
-                m.seal = SealRef::IndexKey(g);
-            }
-            out.push(m);
-        }
-        Ok(out)
+        self.open_rows(session, &rows).await
     }
 
     /// The messages with the given UIDs (absent ones skipped), in UID order; delivered rows
@@ -746,8 +734,14 @@ impl Mail {
             .store()
             .get_messages(session.user_id(), mailbox, uids.to_vec())
             .await?;
+        self.open_rows(session, &rows).await
+    }
+
+    /// Opens message rows the keyring can read (skipping generations it cannot), re-sealing
+    /// rows that delivery sealed to the public key.
+    async fn open_rows(&self, session: &Unlocked, rows: &[MessageRow]) -> Result<Vec<Message>> {
         let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows {
             if !session.with(|k| k.has_generation(row.seal.generation()))? {
                 continue;
             }
