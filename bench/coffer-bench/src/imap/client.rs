@@ -203,6 +203,52 @@ impl Client {
         result
     }
 
+    /// `APPEND <mailbox> (<flags>) {n}` with a synchronising literal: waits for the
+    /// continuation request, sends the message and reads until the tagged OK. Returns the
+    /// time from the first byte sent to the tagged response.
+    pub fn append(
+        &mut self,
+        mailbox: &str,
+        flags: &str,
+        message: &[u8],
+    ) -> Result<Duration, BoxError> {
+        let tag = format!("b{}", self.next_tag);
+        self.next_tag += 1;
+        let prefix = format!("{tag} ");
+        let start = Instant::now();
+        self.send(format!("{tag} APPEND {mailbox} ({flags}) {{{}}}\r\n", message.len()).as_bytes())?;
+        let mut line = std::mem::take(&mut self.line);
+        let result = (|| {
+            loop {
+                self.read_response_line(&mut line)
+                    .map_err(|e| format!("APPEND: {e}"))?;
+                if line.starts_with(b"+") {
+                    break;
+                }
+                if line.starts_with(prefix.as_bytes()) {
+                    return Err(format!("APPEND: the server answered {:?}", show(&line)).into());
+                }
+            }
+            let w = self.r.get_mut();
+            w.write_all(message)?;
+            w.write_all(b"\r\n")?;
+            w.flush()?;
+            loop {
+                self.read_response_line(&mut line)
+                    .map_err(|e| format!("APPEND: {e}"))?;
+                if let Some(rest) = line.strip_prefix(prefix.as_bytes()) {
+                    return if rest.starts_with(b"OK") {
+                        Ok(start.elapsed())
+                    } else {
+                        Err(format!("APPEND: the server answered {:?}", show(&line)).into())
+                    };
+                }
+            }
+        })();
+        self.line = line;
+        result
+    }
+
     /// Sends IDLE and waits for the server's continuation request.
     pub fn start_idle(&mut self) -> Result<(), BoxError> {
         let tag = format!("b{}", self.next_tag);

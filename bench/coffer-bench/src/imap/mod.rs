@@ -11,9 +11,9 @@
 //!
 //! See the "IMAP server" section of `bench/README.md`.
 
-mod client;
+pub(crate) mod client;
 mod fill;
-mod server;
+pub(crate) mod server;
 
 use crate::harness::{self, Summary};
 use crate::machine::{self, Machine};

@@ -213,6 +213,7 @@ impl Installation {
             pid,
             imap: "0.0.0.0:0".parse()?,
             imaps: "0.0.0.0:0".parse()?,
+            lmtp: None,
             log,
         };
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
@@ -228,6 +229,7 @@ impl Installation {
         let (imap, imaps) = parse_listeners(&line)?;
         server.imap = imap;
         server.imaps = imaps;
+        server.lmtp = parse_lmtp(&line);
         Ok(server)
     }
 }
@@ -260,6 +262,17 @@ fn parse_listeners(line: &str) -> Result<(SocketAddr, SocketAddr), BoxError> {
     }
 }
 
+/// The first TCP LMTP address in the "running" line ("127.0.0.1:40112 (LMTP)").
+fn parse_lmtp(line: &str) -> Option<SocketAddr> {
+    let list = line.split("listening on ").nth(1)?.split(". ").next()?;
+    list.split(", ").find_map(|item| {
+        let (addr, kind) = item.split_once(' ')?;
+        (kind.trim_end_matches('.') == "(LMTP)")
+            .then(|| addr.parse().ok())
+            .flatten()
+    })
+}
+
 pub struct Server {
     child: Child,
     pub pid: u32,
@@ -267,6 +280,8 @@ pub struct Server {
     pub imap: SocketAddr,
     /// Implicit-TLS listener.
     pub imaps: SocketAddr,
+    /// TCP LMTP listener, if the server reported one.
+    pub lmtp: Option<SocketAddr>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -379,5 +394,9 @@ mod tests {
         assert_eq!(imap, "127.0.0.1:41234".parse().unwrap());
         assert_eq!(imaps, "127.0.0.1:40111".parse().unwrap());
         assert!(parse_listeners("coffer serve: running").is_err());
+        let line = "coffer serve: running on /tmp/x (pid 7); listening on 127.0.0.1:1 \
+                    (IMAP+STARTTLS), 127.0.0.1:2 (IMAPS), 127.0.0.1:3 (LMTP). Stop with Ctrl-C.";
+        assert_eq!(parse_lmtp(line), Some("127.0.0.1:3".parse().unwrap()));
+        assert_eq!(parse_lmtp("listening on 127.0.0.1:1 (IMAPS). Stop"), None);
     }
 }
