@@ -141,6 +141,12 @@ fn new_mailbox_row(
 /// Mailboxes at least this large decrypt their flags in parallel.
 const PARALLEL_FLAGS_MIN: usize = 4096;
 
+/// Decrypted flags by (mailbox, message) with the MODSEQ they were read at, kept in the
+/// keyring's cache (see `Keyring::with_cache`).
+type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Vec<Flag>)>;
+/// Entries kept per user before the cache starts over (about 100 bytes each, so ~30 MB).
+const FLAGS_CACHE_MAX: usize = 300_000;
+
 fn decrypt_flags(k: &Keyring, rows: &[coffer_store::FlagRow]) -> Result<Vec<FlagsEntry>> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -267,40 +273,90 @@ impl Mail {
         mailbox: MailboxId,
     ) -> Result<Vec<FlagsEntry>> {
         let rows = self.store().list_flags(session.user_id(), mailbox).await?;
-        if rows.len() < PARALLEL_FLAGS_MIN {
-            return session.with(|k| decrypt_flags(k, &rows))?;
-        }
-        // A large mailbox: decrypt on blocking threads, split over the cores, so opening
-        // 100,000 messages neither stalls the async workers nor uses one core only.
-        let worker = session.another_session()?;
-        tokio::task::spawn_blocking(move || {
-            worker.with(|k| {
-                let threads = std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-                    .clamp(1, 8);
-                let chunk = rows.len().div_ceil(threads);
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = rows
-                        .chunks(chunk)
-                        .map(|c| scope.spawn(|| decrypt_flags(k, c)))
+        // Flags decrypted earlier for the same message at the same MODSEQ are taken from
+        // the keyring's cache (wiped with the keys); only the rest is decrypted.
+        let (known, missing): (Vec<(Uid, Option<FlagsEntry>)>, Vec<coffer_store::FlagRow>) =
+            session.with(|k| {
+                k.with_cache(|cache: &mut FlagsCache| {
+                    let mut missing = Vec::new();
+                    let known = rows
+                        .into_iter()
+                        .map(|row| match cache.get(&(mailbox, row.msg_id)) {
+                            Some((modseq, flags)) if *modseq == row.modseq => (
+                                row.uid,
+                                Some(FlagsEntry {
+                                    uid: row.uid,
+                                    modseq: row.modseq,
+                                    flags: flags.clone(),
+                                }),
+                            ),
+                            _ => {
+                                let uid = row.uid;
+                                missing.push(row);
+                                (uid, None)
+                            }
+                        })
                         .collect();
-                    let mut out = Vec::with_capacity(rows.len());
-                    for h in handles {
-                        out.extend(h.join().map_err(|_| {
-                            MailError::Tampered("flags decryption failed".into())
-                        })??);
-                    }
-                    Ok(out)
+                    (known, missing)
                 })
-            })?
-        })
-        .await
-        .map_err(|e| {
-            MailError::Store(coffer_store::StoreError::Unavailable(format!(
-                "decryption task failed: {e}"
-            )))
-        })?
+            })?;
+        let ids: Vec<(MsgId, Uid)> = missing.iter().map(|r| (r.msg_id, r.uid)).collect();
+        let fresh = if missing.len() < PARALLEL_FLAGS_MIN {
+            session.with(|k| decrypt_flags(k, &missing))??
+        } else {
+            // Many: decrypt on blocking threads, split over the cores, so opening 100,000
+            // messages neither stalls the async workers nor uses one core only.
+            let worker = session.another_session()?;
+            tokio::task::spawn_blocking(move || {
+                worker.with(|k| {
+                    let threads = std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                        .clamp(1, 8);
+                    let chunk = missing.len().div_ceil(threads);
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = missing
+                            .chunks(chunk)
+                            .map(|c| scope.spawn(|| decrypt_flags(k, c)))
+                            .collect();
+                        let mut out = Vec::with_capacity(missing.len());
+                        for h in handles {
+                            out.extend(h.join().map_err(|_| {
+                                MailError::Tampered("flags decryption failed".into())
+                            })??);
+                        }
+                        Ok::<_, MailError>(out)
+                    })
+                })?
+            })
+            .await
+            .map_err(|e| {
+                MailError::Store(coffer_store::StoreError::Unavailable(format!(
+                    "decryption task failed: {e}"
+                )))
+            })??
+        };
+        session.with(|k| {
+            k.with_cache(|cache: &mut FlagsCache| {
+                if cache.len() > FLAGS_CACHE_MAX {
+                    cache.clear();
+                }
+                let by_uid: std::collections::HashMap<Uid, MsgId> =
+                    ids.iter().map(|(m, u)| (*u, *m)).collect();
+                for e in &fresh {
+                    if let Some(id) = by_uid.get(&e.uid) {
+                        cache.insert((mailbox, *id), (e.modseq, e.flags.clone()));
+                    }
+                }
+            })
+        })?;
+        // Back in UID order; rows of generations the keyring cannot open stay out.
+        let mut fresh: std::collections::HashMap<Uid, FlagsEntry> =
+            fresh.into_iter().map(|e| (e.uid, e)).collect();
+        Ok(known
+            .into_iter()
+            .filter_map(|(uid, entry)| entry.or_else(|| fresh.remove(&uid)))
+            .collect())
     }
 
     pub fn with_max_message_bytes(mut self, max: u64) -> Self {

@@ -99,6 +99,9 @@ pub struct Keyring {
     user: UserId,
     current: Generation,
     generations: BTreeMap<Generation, GenerationKeys>,
+    /// Decrypted data the layers above keep while the keyring is open (e.g. the flags of
+    /// an open mailbox), dropped with the keys when the keyring is locked or expires.
+    cache: std::sync::Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Keyring {
@@ -110,7 +113,25 @@ impl Keyring {
             user,
             current: g,
             generations,
+            cache: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `f` with this keyring's cache entry of type `T` (created empty on first use).
+    /// The cache lives exactly as long as the keys: "lock now" wipes it with them.
+    pub fn with_cache<T: Default + Send + 'static, R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let mut entries = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let index = match entries.iter().position(|e| e.is::<T>()) {
+            Some(i) => i,
+            None => {
+                entries.push(Box::new(T::default()));
+                entries.len() - 1
+            }
+        };
+        let entry = entries[index]
+            .downcast_mut::<T>()
+            .expect("entry has type T");
+        f(entry)
     }
 
     pub(crate) fn add_old(&mut self, keys: GenerationKeys) {

@@ -1056,3 +1056,27 @@ async fn after_a_cost_upgrade_a_login_rewraps_the_slot_and_failures_take_the_sam
     server.registry().lock(&server.user_id("alice").unwrap());
     assert_failures_take_the_same_time(&server, "alice").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_keyring_cache_is_shared_by_sessions_and_wiped_with_the_keys() {
+    let env = Env::new(test_config()).await;
+    let a = env.create("alice", PW).await;
+    let b = env.vault.login("alice", PW, Purpose::Mail).await.unwrap();
+    a.with(|k| k.with_cache(|c: &mut Vec<String>| c.push("decrypted flags".into())))
+        .unwrap();
+    let seen = b
+        .with(|k| k.with_cache(|c: &mut Vec<String>| c.clone()))
+        .unwrap();
+    assert_eq!(
+        seen,
+        vec!["decrypted flags".to_string()],
+        "one cache per keyring"
+    );
+    env.vault.lock(a.user_id());
+    drop((a, b));
+    let fresh = env.vault.login("alice", PW, Purpose::Mail).await.unwrap();
+    let after = fresh
+        .with(|k| k.with_cache(|c: &mut Vec<String>| c.clone()))
+        .unwrap();
+    assert!(after.is_empty(), "lock now wiped the cache with the keys");
+}
