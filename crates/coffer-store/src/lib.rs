@@ -12,6 +12,7 @@
 
 pub mod conformance;
 mod error;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
