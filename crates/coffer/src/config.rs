@@ -24,6 +24,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub storage: Storage,
     /// Directory of the config file; paths are resolved against it.
     #[serde(skip)]
     pub base: PathBuf,
@@ -87,6 +89,22 @@ pub struct Recovery {
 pub struct Limits {
     pub max_message_bytes: u64,
     pub quota_bytes: u64,
+}
+
+/// `[storage]`: which backend holds rows and sealed blobs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Empty: the embedded store in `data_dir`. A `postgres://` URL: that database.
+    #[serde(default)]
+    pub url: String,
+}
+
+impl Storage {
+    pub fn postgres_url(&self) -> Option<&str> {
+        let u = self.url.trim();
+        (!u.is_empty()).then_some(u)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -252,6 +270,13 @@ public_key = ""
 max_message_bytes = 67108864
 # Storage quota per user in bytes; 0 means no quota.
 quota_bytes = 0
+
+[storage]
+# Where rows and sealed blobs live. Empty: the embedded store in data_dir (SQLite + blob
+# files; one server per data directory). A PostgreSQL URL, e.g.
+# "postgres://coffer@db.internal/coffer", lets several `coffer serve` nodes share one
+# database (docs/SCALING.md); PostgreSQL then sees only opaque ids, counters and ciphertext.
+url = ""
 
 [log]
 # Log level: error, warn, info, debug. Logs never contain passwords, keys, addresses,

@@ -218,9 +218,7 @@ async fn deliver(
     }
     drop(body);
     if env.cfg.limits.quota_bytes > 0 {
-        let used = coffer_store::Store::stored_bytes(&env.store, &recipient.user)
-            .await
-            .unwrap_or(0);
+        let used = env.store.stored_bytes(&recipient.user).await.unwrap_or(0);
         if used + message.len() as u64 > env.cfg.limits.quota_bytes {
             eprintln!("coffer deliver: mailbox is over quota");
             return EX_TEMPFAIL;
@@ -267,8 +265,12 @@ fn lmtp_config(env: &setup::Env) -> coffer_lmtp::LmtpConfig {
 async fn serve(config: &std::path::Path) -> Result<()> {
     let env = setup::open_or_init(config, None, false, setup::Start::Serve).await?;
     init_logging(&env.cfg.log.level);
-    let _lock = setup::lock_data_dir(&env.cfg.data_dir())?;
-    use coffer_store::Store;
+    // One server per embedded data directory; with PostgreSQL, several nodes share the
+    // database and each keeps only its TLS files and pepper locally.
+    let _lock = match env.cfg.storage.postgres_url() {
+        None => Some(setup::lock_data_dir(&env.cfg.data_dir())?),
+        Some(_) => None,
+    };
     let swept = env
         .store
         .sweep_orphans(600)

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub struct Env {
     pub cfg: Config,
     pub config_path: PathBuf,
-    pub store: SqliteStore,
+    pub store: Arc<dyn Store>,
     pub vault: Arc<Vault>,
     pub mail: Mail,
     /// True if this call created the installation.
@@ -117,7 +117,20 @@ pub async fn open_or_init(
     let cfg = Config::load(config_path)?;
     let data_dir = cfg.data_dir();
     let pepper_path = cfg.pepper_path();
-    let has_data = data_dir.join(DB_FILE).exists();
+    let postgres = cfg.storage.postgres_url().map(str::to_string);
+    // For PostgreSQL, "has data" means the database already belongs to an installation.
+    let pg_store: Option<Arc<dyn Store>> = match &postgres {
+        Some(url) => Some(Arc::new(
+            coffer_store::postgres::PgStore::connect(url).await?,
+        )),
+        None => None,
+    };
+    let has_data = match &pg_store {
+        Some(s) => {
+            s.get_meta(PEPPER_CHECK_KEY).await?.is_some() || !s.list_accounts().await?.is_empty()
+        }
+        None => data_dir.join(DB_FILE).exists(),
+    };
 
     if !has_data && pepper_path.exists() && start != Start::Init {
         bail!(
@@ -140,8 +153,13 @@ pub async fn open_or_init(
     };
     if has_data {
         // Verify before anything is written: a wrong pepper changes nothing.
-        let store = SqliteStore::open(&data_dir)
-            .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+        let store: Arc<dyn Store> = match &pg_store {
+            Some(s) => s.clone(),
+            None => Arc::new(
+                SqliteStore::open(&data_dir)
+                    .with_context(|| format!("opening data directory {}", data_dir.display()))?,
+            ),
+        };
         match store.get_meta(PEPPER_CHECK_KEY).await? {
             Some(check) => pepper.verify(&check)?,
             None => {
@@ -158,8 +176,13 @@ pub async fn open_or_init(
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
     fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700))
         .with_context(|| format!("setting mode of {}", data_dir.display()))?;
-    let store = SqliteStore::open(&data_dir)
-        .with_context(|| format!("opening data directory {}", data_dir.display()))?;
+    let store: Arc<dyn Store> = match pg_store {
+        Some(s) => s,
+        None => Arc::new(
+            SqliteStore::open(&data_dir)
+                .with_context(|| format!("opening data directory {}", data_dir.display()))?,
+        ),
+    };
     if store.get_meta(PEPPER_CHECK_KEY).await?.is_none() {
         store
             .set_meta(PEPPER_CHECK_KEY, &pepper.check_value())
@@ -174,7 +197,7 @@ pub async fn open_or_init(
         k => Some(RecoveryPublicKey::parse(k)?),
     };
     let vault = Arc::new(Vault::new(
-        Arc::new(store.clone()),
+        store.clone(),
         Arc::new(pepper),
         VaultConfig {
             kdf: cfg.kdf_params(),

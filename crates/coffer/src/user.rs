@@ -8,7 +8,6 @@ use crate::prompt::Secrets;
 use crate::setup::Env;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use coffer_store::Store;
 use coffer_types::{SecurityMode, SlotId};
 use coffer_vault::{Purpose, RecoverySecretKey, VaultError, normalize_recovery_code};
 use std::io::Write;
