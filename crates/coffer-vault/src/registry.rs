@@ -154,6 +154,17 @@ impl Registry {
                 })
                 .unwrap_or(false);
             if same {
+                // A fresh login may open more generations than the keyring already open
+                // (another process reopened old mail meanwhile): keep the richer one, so
+                // the reopened mail shows up without waiting for the keyring to expire.
+                if let Ok(mut keys) = e.cell.keys.write() {
+                    let richer = keys
+                        .as_ref()
+                        .is_some_and(|k| keyring.generations().any(|g| !k.has_generation(g)));
+                    if richer {
+                        *keys = Some(keyring);
+                    }
+                }
                 e.sessions += 1;
                 e.idle_since = None;
                 return Unlocked {

@@ -1080,3 +1080,23 @@ async fn the_keyring_cache_is_shared_by_sessions_and_wiped_with_the_keys() {
         .unwrap();
     assert!(after.is_empty(), "lock now wiped the cache with the keys");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn old_mail_reopened_by_another_process_appears_at_the_next_login() {
+    let env = Env::new(test_config()).await;
+    drop(env.create("alice", PW).await);
+    let held = env.vault.reset("alice", PW2, inbox).await.unwrap();
+    assert!(!held.with(|k| k.has_generation(Generation(1))).unwrap());
+    // `coffer user reopen` in another process, while this one keeps the keyring open.
+    let cli = env.other_process();
+    let s = cli.login("alice", PW2, Purpose::Account).await.unwrap();
+    assert_eq!(cli.reopen(&s, PW).await.unwrap(), Generation(1));
+    drop(s);
+    // The next login here opens the linked generation too, and the open keyring gains it.
+    let again = env.vault.login("alice", PW2, Purpose::Mail).await.unwrap();
+    assert!(again.with(|k| k.has_generation(Generation(1))).unwrap());
+    assert!(
+        held.with(|k| k.has_generation(Generation(1))).unwrap(),
+        "sessions share the richer keyring"
+    );
+}
