@@ -10,6 +10,6 @@
 mod session;
 
 pub use session::{
-    add_trace_headers, resolve_recipient, serve_tcp, serve_unix, LmtpConfig, Recipient,
-    ResolveError,
+    add_trace_headers, resolve_recipient, serve_tcp, serve_tcp_with_tls, serve_unix, LmtpConfig,
+    Recipient, ResolveError,
 };

@@ -13,6 +13,7 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
 };
 use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
 
 /// LMTP settings (from `[lmtp]` and `[limits]` of coffer.toml).
 #[derive(Clone, Debug)]
@@ -186,14 +187,19 @@ impl Transaction {
     }
 }
 
-struct Session<R, W> {
+struct Session<S> {
     mail: Mail,
     config: Arc<LmtpConfig>,
     peer: String,
-    r: BufReader<R>,
-    w: W,
+    r: BufReader<S>,
+    /// Replies not yet written: flushed when no pipelined input is waiting.
+    out: Vec<u8>,
     lhlo: Option<String>,
     tx: Transaction,
+    /// STARTTLS (RFC 3207) is offered: a TCP connection not yet encrypted.
+    starttls: bool,
+    /// Send the 220 greeting (not after STARTTLS, RFC 3207 §4.2).
+    greet: bool,
 }
 
 enum Line {
@@ -267,19 +273,29 @@ fn parse_path(arg: &str, keyword: &str) -> Option<(String, String)> {
     Some((addr, rest[end + 1..].trim().to_string()))
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
-        self.w.write_all(text.as_bytes()).await?;
-        self.w.write_all(b"\r\n").await
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        self.w.flush().await
+        if !self.out.is_empty() {
+            let w = self.r.get_mut();
+            w.write_all(&self.out).await?;
+            w.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
     }
 
-    async fn run(mut self) -> std::io::Result<()> {
-        self.reply(&format!("220 {} Coffer LMTP ready", self.config.hostname))
-            .await?;
+    /// Runs the session; returns the raw stream when the client asked for STARTTLS.
+    async fn run(mut self) -> std::io::Result<Option<S>> {
+        if self.greet {
+            self.reply(&format!("220 {} Coffer LMTP ready", self.config.hostname))
+                .await?;
+        }
         self.flush().await?;
         loop {
             // PIPELINING: answers are flushed only when no more input is waiting.
@@ -324,7 +340,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     self.tx = Transaction::new();
                     let h = self.config.hostname.clone();
                     let size = self.config.max_message_bytes;
-                    self.reply(&format!("250-{h}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SIZE {size}\r\n250 CHUNKING")).await?;
+                    self.reply(&format!("250-{h}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-SIZE {size}\r\n{}250 CHUNKING", if self.starttls { "250-STARTTLS\r\n" } else { "" })).await?;
                 }
                 "HELO" | "EHLO" => self.reply("500 5.5.1 This is LMTP: use LHLO").await?,
                 "MAIL" => self.mail_from(&arg).await?,
@@ -350,11 +366,26 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
                     self.flush().await?;
                     break;
                 }
+                "STARTTLS" => {
+                    if !self.starttls {
+                        self.reply("502 5.5.1 STARTTLS is not offered here").await?;
+                    } else if self.tx.sender.is_some() {
+                        self.reply("503 5.5.1 STARTTLS inside a transaction")
+                            .await?;
+                    } else {
+                        self.reply("220 2.0.0 Ready to start TLS").await?;
+                        self.flush().await?;
+                        // Whatever the client pipelined after STARTTLS is dropped with the
+                        // buffer (RFC 3207 §4.2 requires discarding it).
+                        return Ok(Some(self.r.into_inner()));
+                    }
+                }
                 "" => self.reply("500 5.5.2 Empty command").await?,
                 _ => self.reply("500 5.5.1 Unknown command").await?,
             }
         }
-        self.flush().await
+        self.flush().await?;
+        Ok(None)
     }
 
     async fn mail_from(&mut self, arg: &str) -> std::io::Result<()> {
@@ -619,23 +650,63 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<R, W> {
     }
 }
 
+fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mail: Mail,
+    config: Arc<LmtpConfig>,
+    peer: String,
+    stream: S,
+    starttls: bool,
+    greet: bool,
+) -> Session<S> {
+    Session {
+        mail,
+        config,
+        peer,
+        r: BufReader::with_capacity(16 * 1024, stream),
+        out: Vec::new(),
+        lhlo: None,
+        tx: Transaction::new(),
+        starttls,
+        greet,
+    }
+}
+
 async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     mail: Mail,
     config: Arc<LmtpConfig>,
     peer: String,
     stream: S,
 ) {
-    let (r, w) = tokio::io::split(stream);
-    let session = Session {
-        mail,
-        config,
-        peer,
-        r: BufReader::with_capacity(16 * 1024, r),
-        w: tokio::io::BufWriter::new(w),
-        lhlo: None,
-        tx: Transaction::new(),
+    let _ = session(mail, config, peer, stream, false, true).run().await;
+}
+
+/// A TCP session, upgraded to TLS when the client asks for STARTTLS.
+async fn run_tcp(
+    mail: Mail,
+    config: Arc<LmtpConfig>,
+    peer: String,
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+) {
+    let plain = session(
+        mail.clone(),
+        config.clone(),
+        peer.clone(),
+        stream,
+        tls.is_some(),
+        true,
+    );
+    let Ok(Some(tcp)) = plain.run().await else {
+        return;
     };
-    let _ = session.run().await;
+    let Some(acceptor) = tls else { return };
+    if let Ok(Ok(encrypted)) =
+        tokio::time::timeout(Duration::from_secs(30), acceptor.accept(tcp)).await
+    {
+        let _ = session(mail, config, peer, encrypted, false, false)
+            .run()
+            .await;
+    }
 }
 
 /// Serves LMTP on a TCP listener until `shutdown` fires.
@@ -643,6 +714,18 @@ pub async fn serve_tcp(
     mail: Mail,
     config: Arc<LmtpConfig>,
     listener: TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    serve_tcp_with_tls(mail, config, listener, None, shutdown).await
+}
+
+/// Serves LMTP on a TCP listener, offering STARTTLS with `tls` (RFC 3207), so LMTP over
+/// a network can be encrypted (CRYPTO.md T5).
+pub async fn serve_tcp_with_tls(
+    mail: Mail,
+    config: Arc<LmtpConfig>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
@@ -656,9 +739,9 @@ pub async fn serve_tcp(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (mail, config) = (mail.clone(), config.clone());
+                let (mail, config, tls) = (mail.clone(), config.clone(), tls.clone());
                 tokio::spawn(async move {
-                    run_session(mail, config, peer_text(peer), stream).await;
+                    run_tcp(mail, config, peer_text(peer), stream, tls).await;
                     drop(permit);
                 });
             }

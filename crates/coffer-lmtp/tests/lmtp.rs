@@ -363,3 +363,72 @@ async fn unix_socket_and_bare_lf() {
         "{text:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starttls_encrypts_lmtp_over_tcp() {
+    let t = server(config()).await;
+    // A TLS-capable listener beside the plain one.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(coffer_lmtp::serve_tcp_with_tls(
+        t.mail.clone(),
+        Arc::new(config()),
+        listener,
+        Some(acceptor),
+        rx,
+    ));
+
+    let mut c = C::new(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    assert!(c.cmd("LHLO client.test").await.contains("STARTTLS"));
+    // A command pipelined after STARTTLS must be discarded.
+    c.send(b"STARTTLS\r\nNOOP\r\n").await;
+    assert!(c.reply().await.starts_with("220 2.0.0"));
+    let tcp = c.r.into_inner();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let mut c = C {
+        r: BufReader::new(tls),
+    };
+    let lhlo = c.cmd("LHLO client.test").await;
+    assert!(
+        lhlo.starts_with("250-"),
+        "no NOOP answer leaked from before TLS: {lhlo}"
+    );
+    assert!(!lhlo.contains("STARTTLS"), "not offered twice");
+    c.cmd("MAIL FROM:<s@remote.test>").await;
+    assert!(c
+        .cmd("RCPT TO:<alice@example.org>")
+        .await
+        .starts_with("250"));
+    c.cmd("DATA").await;
+    c.send(format!("{MSG}.\r\n").as_bytes()).await;
+    assert!(c.reply().await.starts_with("250"));
+    assert_eq!(inbox_of(&t, "alice", "INBOX").await.len(), 1);
+    // The plain listener without TLS configured does not offer it.
+    let mut p = tcp(&t).await;
+    assert!(!p.cmd("LHLO x").await.contains("STARTTLS"));
+    assert!(p.cmd("STARTTLS").await.starts_with("502"));
+}

@@ -314,7 +314,7 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             });
         }
     }
-    let ctx = coffer_imap::server::Ctx::new(env.mail.clone(), imap_config, Some(tls));
+    let ctx = coffer_imap::server::Ctx::new(env.mail.clone(), imap_config, Some(tls.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lmtp = std::sync::Arc::new(lmtp_config(&env));
     for addr in &env.cfg.lmtp.listen {
@@ -325,10 +325,11 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             )
         })?;
         bound.push(format!("{} (LMTP)", socket.local_addr()?));
-        tokio::spawn(coffer_lmtp::serve_tcp(
+        tokio::spawn(coffer_lmtp::serve_tcp_with_tls(
             env.mail.clone(),
             lmtp.clone(),
             socket,
+            Some(tls.clone()),
             stop_rx.clone(),
         ));
     }
