@@ -59,6 +59,16 @@ pub struct Lmtp {
 #[serde(deny_unknown_fields)]
 pub struct Panel {
     pub listen: String,
+    /// "closed" (the operator creates users) or "open" (anyone may sign up).
+    #[serde(default = "default_registration")]
+    pub registration: String,
+    /// Offer the "new empty keyring" reset on the forgot-password page.
+    #[serde(default)]
+    pub allow_self_reset: bool,
+}
+
+fn default_registration() -> String {
+    "closed".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +169,12 @@ impl Config {
         if self.kdf.concurrency == 0 {
             bail!("{}: [kdf] concurrency must be at least 1", path.display());
         }
+        if !matches!(self.panel.registration.as_str(), "closed" | "open") {
+            bail!(
+                "{}: [panel] registration must be \"closed\" or \"open\"",
+                path.display()
+            );
+        }
         if self.limits.max_message_bytes == 0 {
             bail!(
                 "{}: [limits] max_message_bytes must be positive",
@@ -241,8 +257,15 @@ socket = ""
 local_domains = ["localhost"]
 
 [panel]
-# The web control panel (HTTPS).
+# The web control panel (HTTPS, with the [tls] certificate); empty disables it.
 listen = "127.0.0.1:8443"
+# Who creates accounts: "closed" (only the operator, `coffer user add`) or "open" (anyone
+# who reaches the panel may sign up).
+registration = "closed"
+# Offer users who lost every secret a self-service reset (a new, empty keyring) on the
+# forgot-password page. Off: whoever knows a username could reset that account and read
+# all mail arriving afterwards; keep resets to `coffer user reset` unless you accept that.
+allow_self_reset = false
 
 [kdf]
 # Argon2id cost for new key slots (RFC 9106). "calibrated" uses the values below, which

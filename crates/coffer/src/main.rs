@@ -2,6 +2,7 @@
 //! every rule lives in the libraries.
 
 mod config;
+mod migrate;
 mod prompt;
 mod setup;
 mod user;
@@ -58,6 +59,11 @@ enum Command {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Copy the whole installation (every account, key slot, mailbox, message and blob,
+    /// still encrypted) from the store the config selects to another store: a PostgreSQL
+    /// URL or an embedded data directory. Nothing is decrypted; no password is needed.
+    /// Stop the servers first; then point the config at the target and run `coffer check`.
+    Migrate(migrate::MigrateArgs),
     /// Check the store's integrity (no password needed); with --user, also open every
     /// message of that user (asks for their password).
     Check {
@@ -140,6 +146,7 @@ async fn run(cli: Cli) -> Result<()> {
             let code = deliver(&cli.config, &to, mailbox.as_deref(), from.as_deref()).await;
             std::process::exit(code);
         }
+        Command::Migrate(args) => migrate::run(&cli.config, args).await,
         Command::Check {
             user,
             password_stdin,
@@ -314,6 +321,7 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             });
         }
     }
+    let panel_tls = tls.clone();
     let ctx = coffer_imap::server::Ctx::new(env.mail.clone(), imap_config, Some(tls.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let lmtp = std::sync::Arc::new(lmtp_config(&env));
@@ -358,6 +366,37 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             stop_rx.clone(),
         ));
     }
+    let panel = if env.cfg.panel.listen.trim().is_empty() {
+        None
+    } else {
+        let addr = env.cfg.panel.listen.trim();
+        let socket = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} for the panel (from {})",
+                env.config_path.display()
+            )
+        })?;
+        bound.push(format!("{} (panel)", socket.local_addr()?));
+        let panel_ctx = std::sync::Arc::new(coffer_panel::PanelCtx::new(
+            env.mail.clone(),
+            coffer_panel::PanelConfig {
+                quota_bytes: env.cfg.limits.quota_bytes,
+                registration: if env.cfg.panel.registration == "open" {
+                    coffer_panel::Registration::Open
+                } else {
+                    coffer_panel::Registration::Closed
+                },
+                allow_self_reset: env.cfg.panel.allow_self_reset,
+                ..Default::default()
+            },
+        ));
+        Some(tokio::spawn(coffer_panel::serve(
+            panel_ctx,
+            socket,
+            panel_tls,
+            stop_rx.clone(),
+        )))
+    };
     let imap = tokio::spawn(coffer_imap::server::serve(ctx, listeners, stop_rx));
 
     // Handlers first: a SIGTERM right after the "running" line must stop us cleanly.
@@ -386,6 +425,9 @@ async fn serve(config: &std::path::Path) -> Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = imap.await;
+    if let Some(panel) = panel {
+        let _ = panel.await;
+    }
     sweeper.abort();
     tracing::info!("coffer stopping");
     Ok(())

@@ -265,7 +265,7 @@ fn print_first_start(cfg: &Config, config_path: &Path) {
   certificate:  {} (self-signed for localhost)
   IMAP:         {} (STARTTLS), {} (TLS)
   LMTP:         {}{}
-  panel:        https://{} (configured; the control panel arrives in a later release)
+  panel:        https://{}
 Add the first user with:
   coffer user add alice",
         config_path.display(),
