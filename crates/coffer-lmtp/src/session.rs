@@ -70,6 +70,9 @@ pub enum ResolveError {
     Syntax,
     NotLocal,
     NoSuchUser,
+    /// The store could not be asked: a temporary failure, never "unknown user" (an MTA
+    /// would bounce the mail instead of retrying it).
+    Unavailable,
 }
 
 /// Maps an address to a user: the full address if such a user exists, else the local part
@@ -95,12 +98,13 @@ pub async fn resolve_recipient(
     let pepper = mail.vault().pepper();
     let exists = |name: String| async move {
         let Ok(u) = Username::new(&name) else {
-            return None;
+            return Ok(None);
         };
         let id = pepper.user_id(&u);
         match store.get_account(&id).await {
-            Ok(Some(_)) => Some(id),
-            _ => None,
+            Ok(Some(_)) => Ok(Some(id)),
+            Ok(None) => Ok(None),
+            Err(_) => Err(ResolveError::Unavailable),
         }
     };
     let local_domain = domain.is_none_or(|d| {
@@ -111,13 +115,13 @@ pub async fn resolve_recipient(
     });
     let mut found = None;
     if let Some(d) = domain {
-        found = exists(format!("{base}@{d}")).await;
+        found = exists(format!("{base}@{d}")).await?;
     }
     if found.is_none() {
         if !local_domain {
             return Err(ResolveError::NotLocal);
         }
-        found = exists(base.to_string()).await;
+        found = exists(base.to_string()).await?;
     }
     let user = found.ok_or(ResolveError::NoSuchUser)?;
     let detail = if config.save_to_detail_mailbox {
@@ -459,6 +463,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(ResolveError::Syntax) => self.reply("501 5.1.3 Bad recipient address syntax").await,
             Err(ResolveError::NotLocal) => self.reply("550 5.1.2 Domain is not local").await,
             Err(ResolveError::NoSuchUser) => self.reply("550 5.1.1 User unknown").await,
+            Err(ResolveError::Unavailable) => {
+                self.reply("451 4.3.0 Temporary failure, try again later")
+                    .await
+            }
         }
     }
 

@@ -186,10 +186,7 @@ async fn pipelined_transaction_answers_once_per_accepted_recipient() {
     // Everything in one write, as PIPELINING allows.
     let dotted = MSG.replace("\r\n.leading", "\r\n..leading");
     c.send(
-        format!(
-            "MAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<nobody@example.org>\r\nRCPT TO:<BOB@example.org>\r\nRCPT TO:<alice@elsewhere.test>\r\nDATA\r\n"
-        )
-        .as_bytes(),
+        b"MAIL FROM:<sender@remote.test>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<nobody@example.org>\r\nRCPT TO:<BOB@example.org>\r\nRCPT TO:<alice@elsewhere.test>\r\nDATA\r\n",
     )
     .await;
     assert!(c.reply().await.starts_with("250 2.1.0"));
@@ -394,7 +391,7 @@ async fn starttls_encrypts_lmtp_over_tcp() {
     // A command pipelined after STARTTLS must be discarded.
     c.send(b"STARTTLS\r\nNOOP\r\n").await;
     assert!(c.reply().await.starts_with("220 2.0.0"));
-    let tcp = c.r.into_inner();
+    let raw = c.r.into_inner();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
     let client_config = rustls::ClientConfig::builder_with_provider(provider)
@@ -405,7 +402,7 @@ async fn starttls_encrypts_lmtp_over_tcp() {
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client_config))
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
+            raw,
         )
         .await
         .unwrap();

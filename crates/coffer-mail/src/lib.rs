@@ -12,6 +12,7 @@ mod changes;
 pub mod codec;
 mod deliver;
 mod error;
+pub mod invites;
 
 pub use changes::Changes;
 pub use codec::{MailboxInfo, MessageMeta};

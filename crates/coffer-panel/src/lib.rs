@@ -28,6 +28,8 @@ pub enum Registration {
     Closed,
     /// Anyone who can reach the panel may sign up.
     Open,
+    /// Sign-up needs an invitation code made with `coffer invite create` (used once).
+    Invite,
 }
 
 /// Settings of the panel (from `[panel]` of coffer.toml).

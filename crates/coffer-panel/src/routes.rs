@@ -1284,6 +1284,15 @@ fn register_html(ctx: &PanelCtx, s: &Session, msg: &Msg) -> String {
     b.push_str("<p>Your mailbox starts in high security mode: only you can open it. Make a recovery code right after signing up, so a forgotten password does not lose your mail.</p>\n");
     b.push_str("<form method=\"post\" action=\"/register\">\n");
     b.push_str(&csrf_field(&s.csrf));
+    if ctx.config.registration == Registration::Invite {
+        b.push_str(&input(
+            "invite",
+            "Invitation code",
+            "text",
+            "off",
+            Some("The code your provider gave you."),
+        ));
+    }
     b.push_str(&input(
         "username",
         "Username",
@@ -1354,6 +1363,20 @@ async fn register(
     if let Err(m) = check_new_password(form.field("new"), form.field("new2")) {
         return bad(&m);
     }
+    let invite = form.field("invite").trim().to_string();
+    let store = ctx.mail.vault().store().clone();
+    if ctx.config.registration == Registration::Invite {
+        match coffer_mail::invites::is_valid(store.as_ref(), ctx.mail.vault().pepper(), &invite)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                ctx.throttle.failed(None, ip);
+                return bad("That invitation code is not valid, or it was used already.");
+            }
+            Err(e) => return internal_error("sign-up", &e),
+        }
+    }
     // Sign-ups cost an Argon2id run: the same throttle slows floods from one address.
     let delay = ctx.throttle.delay(None, ip);
     if !delay.is_zero() {
@@ -1366,6 +1389,14 @@ async fn register(
     {
         Ok(unlocked) => {
             ctx.throttle.failed(None, ip);
+            if ctx.config.registration == Registration::Invite {
+                let _ = coffer_mail::invites::consume(
+                    store.as_ref(),
+                    ctx.mail.vault().pepper(),
+                    &invite,
+                )
+                .await;
+            }
             let user = *unlocked.user_id();
             ctx.sessions.remove(&s.id);
             let new = ctx.sessions.create(

@@ -2169,6 +2169,162 @@ impl Store for PgStore {
     }
 }
 
+// --- raw export and import (`coffer migrate`) ------------------------------------------------
+
+impl PgStore {
+    /// Every meta key/value pair, as stored.
+    pub async fn export_meta(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.run(|| async {
+            let c = self.client().await?;
+            let rows = cq(&c, "SELECT key, value FROM meta ORDER BY key", &[]).await?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push((r.try_get(0)?, r.try_get(1)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The expunge records of every mailbox of `user`, as stored.
+    pub async fn export_expunged(&self, user: &UserId) -> Result<Vec<crate::ExpungedRow>> {
+        self.run(|| async {
+            let c = self.client().await?;
+            let rows = cq(
+                &c,
+                "SELECT e.mailbox_id, e.uid, e.modseq FROM expunged e
+                 JOIN mailboxes m ON m.id = e.mailbox_id
+                 WHERE m.user_id = $1 ORDER BY e.mailbox_id, e.uid",
+                &[&user.as_bytes().as_slice()],
+            )
+            .await?;
+            let mut out = Vec::new();
+            for r in rows {
+                let mailbox: i64 = r.try_get(0)?;
+                let object = format!("expunge record {mailbox}");
+                out.push(crate::ExpungedRow {
+                    mailbox: MailboxId(mailbox),
+                    uid: uid_of(r.try_get(1)?, &object)?,
+                    modseq: modseq_of(r.try_get(2)?, &object)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Inserts every row of one user exactly as given (ids, UIDVALIDITY, UIDNEXT and
+    /// MODSEQs included), in one transaction, and raises the mailbox id sequence and
+    /// `last_uidvalidity` past what was copied. Blobs are stored separately with
+    /// [`Store::put_blob`]. Fails with a conflict if any row exists.
+    pub async fn import_user(&self, u: &crate::UserExport) -> Result<()> {
+        self.run(|| async {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await?;
+            let uid = u.account.user_id.as_bytes().as_slice();
+            let a = &u.account;
+            tx_exec(
+                &tx,
+                &format!("INSERT INTO accounts ({ACCOUNT_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7)"),
+                &[
+                    &uid,
+                    &a.sealed_name,
+                    &i64::from(a.generation.0),
+                    &i64::from(a.mode.code()),
+                    &a.kdf_salt.as_slice(),
+                    &a.inbox.map(|m| m.0),
+                    &a.created,
+                ],
+            )
+            .await?;
+            for k in &u.keyrings {
+                tx_exec(
+                    &tx,
+                    "INSERT INTO keyrings (user_id, generation, public_key, created) VALUES ($1,$2,$3,$4)",
+                    &[&uid, &i64::from(k.generation.0), &k.public_key.as_slice(), &k.created],
+                )
+                .await?;
+            }
+            for l in &u.links {
+                tx_exec(
+                    &tx,
+                    "INSERT INTO keyring_links (user_id, generation, sealed_under, wrapped) VALUES ($1,$2,$3,$4)",
+                    &[
+                        &uid,
+                        &i64::from(l.generation.0),
+                        &i64::from(l.sealed_under.0),
+                        &l.wrapped,
+                    ],
+                )
+                .await?;
+            }
+            for s in &u.slots {
+                insert_slot(&tx, s).await?;
+            }
+            let mut max_uv = 0u32;
+            for m in &u.mailboxes {
+                max_uv = max_uv.max(m.uid_validity.get());
+                tx_exec(
+                    &tx,
+                    &format!("INSERT INTO mailboxes ({MAILBOX_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"),
+                    &[
+                        &m.id.0,
+                        &uid,
+                        &i64::from(m.generation.0),
+                        &m.sealed,
+                        &m.lookup.as_slice(),
+                        &i64::from(m.uid_validity.get()),
+                        &i64::from(m.uid_next),
+                        &(m.highest_modseq as i64),
+                        &m.created,
+                    ],
+                )
+                .await?;
+            }
+            for m in &u.messages {
+                tx_exec(
+                    &tx,
+                    &format!("INSERT INTO messages (user_id, {MESSAGE_COLS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"),
+                    &[
+                        &uid,
+                        &m.mailbox.0,
+                        &i64::from(m.uid.get()),
+                        &(m.modseq.get() as i64),
+                        &m.msg_id.as_bytes().as_slice(),
+                        &m.blob_id.as_bytes().as_slice(),
+                        &(m.blob_len as i64),
+                        &i64::from(m.seal.kind_code()),
+                        &i64::from(m.seal.generation().0),
+                        &m.sealed_meta,
+                        &m.sealed_flags,
+                    ],
+                )
+                .await?;
+            }
+            for e in &u.expunged {
+                tx_exec(
+                    &tx,
+                    "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES ($1,$2,$3)",
+                    &[&e.mailbox.0, &i64::from(e.uid.get()), &(e.modseq.get() as i64)],
+                )
+                .await?;
+            }
+            // New mailboxes must get ids above every copied one.
+            tx_exec(
+                &tx,
+                "SELECT setval(pg_get_serial_sequence('mailboxes', 'id'),
+                        GREATEST((SELECT max(id) FROM mailboxes), 1))",
+                &[],
+            )
+            .await?;
+            bump(&tx, shard_of(&u.account.user_id)).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

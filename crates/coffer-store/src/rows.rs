@@ -175,3 +175,24 @@ pub struct NewAccount {
     pub slots: Vec<SlotRow>,
     pub mailboxes: Vec<NewMailbox>,
 }
+
+/// One expunge record (mailbox, UID, MODSEQ of the expunge), as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpungedRow {
+    pub mailbox: MailboxId,
+    pub uid: Uid,
+    pub modseq: ModSeq,
+}
+
+/// Every row a store holds for one user, exactly as stored (still sealed): what
+/// `coffer migrate` copies from one backend to another. Blobs travel separately.
+#[derive(Clone, Debug)]
+pub struct UserExport {
+    pub account: AccountRow,
+    pub keyrings: Vec<KeyringRow>,
+    pub links: Vec<KeyringLinkRow>,
+    pub slots: Vec<SlotRow>,
+    pub mailboxes: Vec<MailboxRow>,
+    pub messages: Vec<MessageRow>,
+    pub expunged: Vec<ExpungedRow>,
+}

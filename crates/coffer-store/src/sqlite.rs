@@ -1744,6 +1744,176 @@ fn write_blob_with(tmp_path: &Path, final_path: &Path, write: crate::BlobWriter)
     Ok(len)
 }
 
+// --- raw export and import (`coffer migrate`) ------------------------------------------------
+
+impl SqliteStore {
+    /// Every meta key/value pair, as stored.
+    pub async fn export_meta(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.read(|c| {
+            let mut st = c
+                .prepare("SELECT key, value FROM meta ORDER BY key")
+                .map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .map_err(db_err)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(db_err)
+        })
+        .await
+    }
+
+    /// The expunge records of every mailbox of `user`, as stored.
+    pub async fn export_expunged(&self, user: &UserId) -> Result<Vec<crate::ExpungedRow>> {
+        let user = *user;
+        self.read(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT e.mailbox_id, e.uid, e.modseq FROM expunged e
+                     JOIN mailboxes m ON m.id = e.mailbox_id
+                     WHERE m.user_id = ?1 ORDER BY e.mailbox_id, e.uid",
+                )
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(params![user.as_bytes().as_slice()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mailbox, uid, modseq) = row.map_err(db_err)?;
+                let bad = || StoreError::Corrupt {
+                    object: format!("expunge record {mailbox}/{uid}"),
+                    reason: "uid or modseq out of range".into(),
+                };
+                out.push(crate::ExpungedRow {
+                    mailbox: MailboxId(mailbox),
+                    uid: u32::try_from(uid).ok().and_then(Uid::new).ok_or_else(bad)?,
+                    modseq: u64::try_from(modseq)
+                        .ok()
+                        .and_then(ModSeq::new)
+                        .ok_or_else(bad)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Inserts every row of one user exactly as given (ids, UIDVALIDITY, UIDNEXT and
+    /// MODSEQs included), in one transaction. Blobs are stored separately with
+    /// [`Store::put_blob`]. Fails with a conflict if any row exists.
+    pub async fn import_user(&self, u: crate::UserExport) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let uid = u.account.user_id.as_bytes().to_vec();
+            let a = &u.account;
+            tx.execute(
+                "INSERT INTO accounts (user_id, sealed_name, generation, mode, kdf_salt, inbox, created)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                params![
+                    uid,
+                    a.sealed_name,
+                    a.generation.0,
+                    a.mode.code(),
+                    a.kdf_salt.as_slice(),
+                    a.inbox.map(|m| m.0),
+                    a.created
+                ],
+            )
+            .map_err(db_err)?;
+            for k in &u.keyrings {
+                tx.execute(
+                    "INSERT INTO keyrings (user_id, generation, public_key, created) VALUES (?1,?2,?3,?4)",
+                    params![uid, k.generation.0, k.public_key.as_slice(), k.created],
+                )
+                .map_err(db_err)?;
+            }
+            for l in &u.links {
+                tx.execute(
+                    "INSERT INTO keyring_links (user_id, generation, sealed_under, wrapped) VALUES (?1,?2,?3,?4)",
+                    params![uid, l.generation.0, l.sealed_under.0, l.wrapped],
+                )
+                .map_err(db_err)?;
+            }
+            for s in &u.slots {
+                tx.execute(
+                    "INSERT INTO slots (user_id, slot_id, kind, generation, locator, kdf_m, kdf_t, kdf_p, wrapped, sealed_label, created, last_used)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)",
+                    params![
+                        uid,
+                        s.slot_id.as_bytes().as_slice(),
+                        s.kind.code(),
+                        s.generation.0,
+                        s.locator.as_ref().map(|l| l.to_vec()),
+                        s.kdf.map(|k| k.memory_kib),
+                        s.kdf.map(|k| k.time_cost),
+                        s.kdf.map(|k| k.parallelism),
+                        s.wrapped,
+                        s.sealed_label,
+                        s.created,
+                        s.last_used
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+            for m in &u.mailboxes {
+                tx.execute(
+                    "INSERT INTO mailboxes (id, user_id, generation, sealed, lookup, uidvalidity, uidnext, highest_modseq, created)
+                     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                    params![
+                        m.id.0,
+                        uid,
+                        m.generation.0,
+                        m.sealed,
+                        m.lookup.as_slice(),
+                        m.uid_validity.get(),
+                        m.uid_next,
+                        m.highest_modseq as i64,
+                        m.created
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+            for m in &u.messages {
+                tx.execute(
+                    &format!("INSERT INTO messages (user_id, {MESSAGE_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
+                    params![
+                        uid,
+                        m.mailbox.0,
+                        m.uid.get(),
+                        m.modseq.get() as i64,
+                        m.msg_id.as_bytes().as_slice(),
+                        m.blob_id.as_bytes().as_slice(),
+                        m.blob_len as i64,
+                        m.seal.kind_code(),
+                        m.seal.generation().0,
+                        m.sealed_meta,
+                        m.sealed_flags
+                    ],
+                )
+                .map_err(db_err)?;
+            }
+            for e in &u.expunged {
+                tx.execute(
+                    "INSERT INTO expunged (mailbox_id, uid, modseq) VALUES (?1,?2,?3)",
+                    params![e.mailbox.0, e.uid.get(), e.modseq.get() as i64],
+                )
+                .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -195,6 +195,13 @@ impl Pepper {
         )
     }
 
+    /// Keyed hash naming an invitation code at rest, so a copy of the store does not hold
+    /// usable codes: HMAC(HKDF(pepper, "coffer/invite"), code).
+    pub fn invite_id(&self, code: &str) -> [u8; 32] {
+        let key = hkdf32(self.secret.expose(), None, b"coffer/invite");
+        hmac32(key.expose(), &[code.as_bytes()])
+    }
+
     /// The Argon2id secret input (RFC 9106 §3.1, "K").
     pub(crate) fn argon2_secret(&self) -> &Secret32 {
         &self.secret

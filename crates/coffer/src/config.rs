@@ -59,7 +59,8 @@ pub struct Lmtp {
 #[serde(deny_unknown_fields)]
 pub struct Panel {
     pub listen: String,
-    /// "closed" (the operator creates users) or "open" (anyone may sign up).
+    /// "closed" (the operator creates users), "open" (anyone may sign up) or "invite"
+    /// (sign-up with a code from `coffer invite create`).
     #[serde(default = "default_registration")]
     pub registration: String,
     /// Offer the "new empty keyring" reset on the forgot-password page.
@@ -169,9 +170,12 @@ impl Config {
         if self.kdf.concurrency == 0 {
             bail!("{}: [kdf] concurrency must be at least 1", path.display());
         }
-        if !matches!(self.panel.registration.as_str(), "closed" | "open") {
+        if !matches!(
+            self.panel.registration.as_str(),
+            "closed" | "open" | "invite"
+        ) {
             bail!(
-                "{}: [panel] registration must be \"closed\" or \"open\"",
+                "{}: [panel] registration must be \"closed\", \"open\" or \"invite\"",
                 path.display()
             );
         }
@@ -259,8 +263,9 @@ local_domains = ["localhost"]
 [panel]
 # The web control panel (HTTPS, with the [tls] certificate); empty disables it.
 listen = "127.0.0.1:8443"
-# Who creates accounts: "closed" (only the operator, `coffer user add`) or "open" (anyone
-# who reaches the panel may sign up).
+# Who creates accounts: "closed" (only the operator, `coffer user add`), "open" (anyone
+# who reaches the panel may sign up) or "invite" (sign-up with a one-time code made by
+# `coffer invite create`).
 registration = "closed"
 # Offer users who lost every secret a self-service reset (a new, empty keyring) on the
 # forgot-password page. Off: whoever knows a username could reset that account and read

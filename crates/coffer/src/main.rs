@@ -64,6 +64,9 @@ enum Command {
     /// URL or an embedded data directory. Nothing is decrypted; no password is needed.
     /// Stop the servers first; then point the config at the target and run `coffer check`.
     Migrate(migrate::MigrateArgs),
+    /// Invitation codes for panel sign-up when [panel] registration = "invite".
+    #[command(subcommand)]
+    Invite(InviteCommand),
     /// Check the store's integrity (no password needed); with --user, also open every
     /// message of that user (asks for their password).
     Check {
@@ -73,6 +76,16 @@ enum Command {
         /// Read the password from standard input instead of the terminal.
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum InviteCommand {
+    /// Make one-time invitation codes (printed once; only a keyed hash is stored).
+    Create {
+        /// How many codes to make.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
     },
 }
 
@@ -147,6 +160,21 @@ async fn run(cli: Cli) -> Result<()> {
             std::process::exit(code);
         }
         Command::Migrate(args) => migrate::run(&cli.config, args).await,
+        Command::Invite(InviteCommand::Create { count }) => {
+            let env = setup::open_or_init(&cli.config, None, false, setup::Start::Existing).await?;
+            if env.cfg.panel.registration != "invite" {
+                eprintln!(
+                    "note: [panel] registration is {:?}; codes are accepted only with \"invite\"",
+                    env.cfg.panel.registration
+                );
+            }
+            for _ in 0..count.clamp(1, 1000) {
+                let code =
+                    coffer_mail::invites::create(env.store.as_ref(), env.vault.pepper()).await?;
+                println!("{code}");
+            }
+            Ok(())
+        }
         Command::Check {
             user,
             password_stdin,
@@ -181,6 +209,10 @@ async fn deliver(
         Err(coffer_lmtp::ResolveError::Syntax) => {
             eprintln!("coffer deliver: {to:?} is not a valid recipient");
             return EX_USAGE;
+        }
+        Err(coffer_lmtp::ResolveError::Unavailable) => {
+            eprintln!("coffer deliver: storage is unavailable; try again later");
+            return EX_TEMPFAIL;
         }
         Err(_) => {
             eprintln!("coffer deliver: no such user");
@@ -381,10 +413,10 @@ async fn serve(config: &std::path::Path) -> Result<()> {
             env.mail.clone(),
             coffer_panel::PanelConfig {
                 quota_bytes: env.cfg.limits.quota_bytes,
-                registration: if env.cfg.panel.registration == "open" {
-                    coffer_panel::Registration::Open
-                } else {
-                    coffer_panel::Registration::Closed
+                registration: match env.cfg.panel.registration.as_str() {
+                    "open" => coffer_panel::Registration::Open,
+                    "invite" => coffer_panel::Registration::Invite,
+                    _ => coffer_panel::Registration::Closed,
                 },
                 allow_self_reset: env.cfg.panel.allow_self_reset,
                 ..Default::default()

@@ -145,6 +145,8 @@ pub struct Server {
     /// The LMTP unix socket (`[lmtp] socket`) if configured, as the server printed it
     /// (relative paths are relative to the scratch directory, the server's working dir).
     pub lmtp_socket: Option<PathBuf>,
+    /// The HTTPS control panel (`[panel] listen`), if the server listed one.
+    pub panel: Option<SocketAddr>,
 }
 
 impl Drop for Server {
@@ -166,6 +168,7 @@ pub fn start_server_with_addrs(s: &Scratch) -> Server {
         imaps: "0.0.0.0:0".parse().unwrap(),
         lmtp: Vec::new(),
         lmtp_socket: None,
+        panel: None,
     };
     let (mut imap, mut imaps) = (None, None);
     let list = line
@@ -186,6 +189,7 @@ pub fn start_server_with_addrs(s: &Scratch) -> Server {
             ("(IMAPS)", Ok(a)) => imaps = imaps.or(Some(a)),
             ("(IMAP+STARTTLS)", Ok(a)) => imap = imap.or(Some(a)),
             ("(LMTP)", Ok(a)) => server.lmtp.push(a),
+            ("(panel)", Ok(a)) => server.panel = server.panel.or(Some(a)),
             _ => {}
         }
     }
