@@ -723,6 +723,77 @@ async fn registration_closed_and_open() {
 }
 
 #[tokio::test]
+async fn invite_registration_needs_a_valid_unused_code() {
+    let s = server_with(Options {
+        config: PanelConfig {
+            registration: Registration::Invite,
+            ..PanelConfig::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let store = s.mail.vault().store().clone();
+    let code = coffer_mail::invites::create(store.as_ref(), s.mail.vault().pepper())
+        .await
+        .unwrap();
+    let mut b = Browser::new(&s);
+    b.get("/register").await.assert(200, "Invitation code");
+    let p = b
+        .submit(
+            "/register",
+            "/register",
+            &[
+                ("invite", "not-a-code"),
+                ("username", "dave"),
+                ("new", NEW_PW),
+                ("new2", NEW_PW),
+            ],
+        )
+        .await;
+    p.assert(400, "not valid");
+    assert!(
+        s.mail.vault().find_user("dave").await.is_err(),
+        "no account without a code"
+    );
+    let p = b
+        .submit(
+            "/register",
+            "/register",
+            &[
+                ("invite", &code),
+                ("username", "dave"),
+                ("new", NEW_PW),
+                ("new2", NEW_PW),
+            ],
+        )
+        .await;
+    assert_eq!(p.status.as_u16(), 303, "{}", p.body);
+    assert!(
+        s.mail
+            .vault()
+            .login("dave", NEW_PW, Purpose::Mail)
+            .await
+            .is_ok()
+    );
+    // The code is used up.
+    let mut other = Browser::new(&s);
+    other.get("/register").await.assert(200, "Invitation code");
+    let p = other
+        .submit(
+            "/register",
+            "/register",
+            &[
+                ("invite", &code),
+                ("username", "erin"),
+                ("new", NEW_PW),
+                ("new2", NEW_PW),
+            ],
+        )
+        .await;
+    p.assert(400, "used already");
+}
+
+#[tokio::test]
 async fn shutdown_ends_panel_sessions() {
     let s = server().await;
     let mut b = Browser::new(&s);
