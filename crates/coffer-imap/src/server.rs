@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -66,67 +66,6 @@ impl ImapConfig {
     }
 }
 
-/// Failed-login throttle per user id and per client address (CRYPTO.md, "Argon2id runs are
-/// bounded ... failed logins are throttled"). Each failure doubles the delay before the
-/// next answer, from 250 ms up to 15 s; a quiet period of 10 minutes forgets it.
-#[derive(Default)]
-pub struct Throttle {
-    entries: Mutex<HashMap<ThrottleKey, (u32, Instant)>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-enum ThrottleKey {
-    User(UserId),
-    Addr(IpAddr),
-}
-
-const FORGET_AFTER: Duration = Duration::from_secs(600);
-
-impl Throttle {
-    /// The delay owed by a login attempt from `addr` for `user`.
-    pub fn delay(&self, user: Option<&UserId>, addr: IpAddr) -> Duration {
-        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let count = |k: ThrottleKey| {
-            map.get(&k)
-                .filter(|(_, at)| at.elapsed() < FORGET_AFTER)
-                .map(|(n, _)| *n)
-                .unwrap_or(0)
-        };
-        let n = count(ThrottleKey::Addr(addr))
-            .max(user.map(|u| count(ThrottleKey::User(*u))).unwrap_or(0));
-        if n == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(250u64.saturating_mul(1 << (n - 1).min(6)))
-            .min(Duration::from_secs(15))
-    }
-
-    pub fn failed(&self, user: Option<&UserId>, addr: IpAddr) {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
-        }
-        let mut bump = |k| {
-            let e = map.entry(k).or_insert((0, Instant::now()));
-            if e.1.elapsed() >= FORGET_AFTER {
-                e.0 = 0;
-            }
-            e.0 = e.0.saturating_add(1);
-            e.1 = Instant::now();
-        };
-        bump(ThrottleKey::Addr(addr));
-        if let Some(u) = user {
-            bump(ThrottleKey::User(*u));
-        }
-    }
-
-    pub fn succeeded(&self, user: &UserId, addr: IpAddr) {
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&ThrottleKey::User(*user));
-        map.remove(&ThrottleKey::Addr(addr));
-    }
-}
-
 /// Open connections per address and per user.
 #[derive(Default)]
 pub struct Counts {
@@ -139,7 +78,6 @@ pub struct Ctx {
     pub mail: Mail,
     pub config: ImapConfig,
     pub tls: Option<TlsAcceptor>,
-    pub throttle: Throttle,
     pub counts: Mutex<Counts>,
 }
 
@@ -149,7 +87,6 @@ impl Ctx {
             mail,
             config,
             tls,
-            throttle: Throttle::default(),
             counts: Mutex::new(Counts::default()),
         })
     }

@@ -706,14 +706,14 @@ impl Session {
     async fn finish_login(&mut self, user: &str, password: &str) -> Done {
         let vault = self.ctx.mail.vault().clone();
         let user_id = vault.user_id(user).ok();
-        let delay = self.ctx.throttle.delay(user_id.as_ref(), self.peer.ip());
+        let delay = vault.throttle().delay(user_id.as_ref(), self.peer.ip());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         match vault.login(user, password, Purpose::Mail).await {
             Ok(session) => {
                 let uid = *session.user_id();
-                self.ctx.throttle.succeeded(&uid, self.peer.ip());
+                vault.throttle().succeeded(&uid, self.peer.ip());
                 if !self.ctx.user_connect(&uid) {
                     return Done::no("[LIMIT] Too many connections for this user");
                 }
@@ -728,7 +728,7 @@ impl Session {
                 | VaultError::InvalidPassword(_)
                 | VaultError::KindNotAccepted(_),
             ) => {
-                self.ctx.throttle.failed(user_id.as_ref(), self.peer.ip());
+                vault.throttle().failed(user_id.as_ref(), self.peer.ip());
                 tracing::info!(peer = %self.peer.ip(), "login failed");
                 Done::no("[AUTHENTICATIONFAILED] Authentication failed")
             }

@@ -1094,3 +1094,22 @@ async fn a_storage_error_is_a_no_and_the_server_keeps_serving() {
     let mut other = Client::login(s.addr, "bob").await;
     other.ok("b1", "SELECT INBOX").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_login_throttle_is_shared_with_other_front_ends() {
+    let s = server().await;
+    // Failures recorded elsewhere (the panel's sign-in uses the same vault throttle).
+    let user = s.mail.vault().user_id("alice").unwrap();
+    let other_addr: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+    for _ in 0..3 {
+        s.mail.vault().throttle().failed(Some(&user), other_addr);
+    }
+    let mut c = Client::connect(s.addr).await;
+    let start = Instant::now();
+    c.ok("a1", &format!("LOGIN alice \"{PW}\"")).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "IMAP waited for the panel's failures: {:?}",
+        start.elapsed()
+    );
+}

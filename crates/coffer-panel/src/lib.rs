@@ -11,7 +11,6 @@
 mod html;
 mod routes;
 mod session;
-mod throttle;
 
 use coffer_mail::Mail;
 use std::net::SocketAddr;
@@ -75,7 +74,6 @@ pub struct PanelCtx {
     pub(crate) mail: Mail,
     pub(crate) config: PanelConfig,
     pub(crate) sessions: session::Sessions,
-    pub(crate) throttle: throttle::Throttle,
 }
 
 impl PanelCtx {
@@ -86,7 +84,6 @@ impl PanelCtx {
             mail,
             config,
             sessions,
-            throttle: throttle::Throttle::default(),
         }
     }
 

@@ -307,7 +307,7 @@ fn check_new_password(a: &str, b: &str) -> Result<(), String> {
 
 async fn wait_throttle(ctx: &PanelCtx, name: &str, ip: IpAddr) -> Option<coffer_types::UserId> {
     let user = ctx.mail.vault().user_id(name).ok();
-    let delay = ctx.throttle.delay(user.as_ref(), ip);
+    let delay = ctx.mail.vault().throttle().delay(user.as_ref(), ip);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -383,7 +383,7 @@ async fn login(
     {
         Ok(unlocked) => {
             let user = *unlocked.user_id();
-            ctx.throttle.succeeded(&user, ip);
+            ctx.mail.vault().throttle().succeeded(&user, ip);
             ctx.sessions.remove(&s.id);
             let new = ctx.sessions.create(
                 ip,
@@ -409,7 +409,7 @@ async fn login(
             | VaultError::InvalidPassword(_)
             | VaultError::KindNotAccepted(_),
         ) => {
-            ctx.throttle.failed(user.as_ref(), ip);
+            ctx.mail.vault().throttle().failed(user.as_ref(), ip);
             fail(
                 StatusCode::UNAUTHORIZED,
                 "Wrong username or password. Please try again.",
@@ -650,12 +650,12 @@ async fn password(
             | VaultError::KindNotAccepted(_)
             | VaultError::InvalidPassword(_),
         ) => {
-            ctx.throttle.failed(Some(&a.user), ip);
+            ctx.mail.vault().throttle().failed(Some(&a.user), ip);
             return bad("The current password is wrong. Nothing was changed.".into());
         }
         Err(e) => return internal_error("password change", &e),
     };
-    ctx.throttle.succeeded(&a.user, ip);
+    ctx.mail.vault().throttle().succeeded(&a.user, ip);
     match vault.change_password(&check, form.field("new")).await {
         Ok(()) => html_response(
             StatusCode::OK,
@@ -1167,7 +1167,7 @@ async fn forgot_code(
             | VaultError::InvalidUsername(_)
             | VaultError::InvalidPassword(_),
         ) => {
-            ctx.throttle.failed(user.as_ref(), ip);
+            ctx.mail.vault().throttle().failed(user.as_ref(), ip);
             return bad(
                 StatusCode::UNAUTHORIZED,
                 "That recovery code is wrong or was already used, or the username is wrong. Nothing was changed.",
@@ -1175,7 +1175,7 @@ async fn forgot_code(
         }
         Err(e) => return internal_error("recovery", &e),
     };
-    ctx.throttle.succeeded(session.user_id(), ip);
+    ctx.mail.vault().throttle().succeeded(session.user_id(), ip);
     match vault.change_password(&session, form.field("new")).await {
         Ok(()) => {
             drop(session);
@@ -1254,7 +1254,7 @@ async fn forgot_reset(
         Err(coffer_mail::MailError::Vault(
             VaultError::NoSuchUser | VaultError::InvalidUsername(_),
         )) => {
-            ctx.throttle.failed(user.as_ref(), ip);
+            ctx.mail.vault().throttle().failed(user.as_ref(), ip);
             bad(
                 StatusCode::BAD_REQUEST,
                 "No mailbox could be reset with that username. Nothing was changed.",
@@ -1371,14 +1371,14 @@ async fn register(
         {
             Ok(true) => {}
             Ok(false) => {
-                ctx.throttle.failed(None, ip);
+                ctx.mail.vault().throttle().failed(None, ip);
                 return bad("That invitation code is not valid, or it was used already.");
             }
             Err(e) => return internal_error("sign-up", &e),
         }
     }
     // Sign-ups cost an Argon2id run: the same throttle slows floods from one address.
-    let delay = ctx.throttle.delay(None, ip);
+    let delay = ctx.mail.vault().throttle().delay(None, ip);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -1388,7 +1388,7 @@ async fn register(
         .await
     {
         Ok(unlocked) => {
-            ctx.throttle.failed(None, ip);
+            ctx.mail.vault().throttle().failed(None, ip);
             if ctx.config.registration == Registration::Invite {
                 let _ = coffer_mail::invites::consume(
                     store.as_ref(),

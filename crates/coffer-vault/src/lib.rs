@@ -15,6 +15,7 @@ pub mod primitives;
 pub mod recovery;
 pub mod registry;
 pub mod secret;
+pub mod throttle;
 mod vault;
 
 pub use error::VaultError;
@@ -24,4 +25,5 @@ pub use pepper::{Pepper, PepperError};
 pub use recovery::{RecoveryPublicKey, RecoverySecretKey};
 pub use registry::{Locked, Registry, Unlocked};
 pub use secret::{Password, PasswordError, Secret32};
+pub use throttle::Throttle;
 pub use vault::*;

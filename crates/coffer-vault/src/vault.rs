@@ -122,6 +122,7 @@ pub struct Vault {
     config: VaultConfig,
     argon: Arc<Semaphore>,
     registry: Registry,
+    throttle: crate::throttle::Throttle,
 }
 
 pub(crate) fn now() -> i64 {
@@ -212,6 +213,7 @@ impl Vault {
             config,
             argon,
             registry,
+            throttle: crate::throttle::Throttle::default(),
         }
     }
 
@@ -223,6 +225,11 @@ impl Vault {
     }
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The failed-login throttle every front end (IMAP, panel) of this process shares.
+    pub fn throttle(&self) -> &crate::throttle::Throttle {
+        &self.throttle
     }
     pub fn config(&self) -> &VaultConfig {
         &self.config

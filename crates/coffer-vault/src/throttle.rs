@@ -1,7 +1,7 @@
-//! Failed sign-in throttle per user id and per client address, after the idea of
-//! coffer-imap's throttle (CRYPTO.md: "failed logins are throttled per user id and per
-//! client address"): each failure doubles the delay before the next answer, from 250 ms
-//! up to 15 s; ten quiet minutes forget it.
+//! The failed-login throttle, per user id and per client address (CRYPTO.md: "failed
+//! logins are throttled per user id and per client address"), shared by every way in:
+//! IMAP, the panel. Each failure doubles the delay before the next answer, from 250 ms up
+//! to 15 s; ten quiet minutes forget it.
 
 use coffer_types::UserId;
 use std::collections::HashMap;
@@ -18,7 +18,7 @@ enum Key {
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Default)]
-pub(crate) struct Throttle {
+pub struct Throttle {
     entries: Mutex<HashMap<Key, (u32, Instant)>>,
 }
 
@@ -28,7 +28,7 @@ impl Throttle {
     }
 
     /// The delay owed by an attempt from `addr` for `user`.
-    pub(crate) fn delay(&self, user: Option<&UserId>, addr: IpAddr) -> Duration {
+    pub fn delay(&self, user: Option<&UserId>, addr: IpAddr) -> Duration {
         let map = self.map();
         let count = |k: Key| {
             map.get(&k)
@@ -44,7 +44,7 @@ impl Throttle {
             .min(Duration::from_secs(15))
     }
 
-    pub(crate) fn failed(&self, user: Option<&UserId>, addr: IpAddr) {
+    pub fn failed(&self, user: Option<&UserId>, addr: IpAddr) {
         let mut map = self.map();
         if map.len() > 100_000 {
             map.retain(|_, (_, at)| at.elapsed() < FORGET_AFTER);
@@ -63,7 +63,7 @@ impl Throttle {
         }
     }
 
-    pub(crate) fn succeeded(&self, user: &UserId, addr: IpAddr) {
+    pub fn succeeded(&self, user: &UserId, addr: IpAddr) {
         let mut map = self.map();
         map.remove(&Key::User(*user));
         map.remove(&Key::Addr(addr));
