@@ -718,6 +718,7 @@ impl Session {
                     return Done::no("[LIMIT] Too many connections for this user");
                 }
                 self.changes = Some(self.ctx.mail.changes().subscribe(&uid));
+                session.describe("IMAP", self.peer.ip());
                 self.user = Some(session);
                 tracing::info!(user = %short(&uid), peer = %self.peer.ip(), "login");
                 Done::Tagged(format!("OK [CAPABILITY {}] Logged in", self.capabilities()))

@@ -383,6 +383,7 @@ async fn login(
     {
         Ok(unlocked) => {
             let user = *unlocked.user_id();
+            unlocked.describe("panel", ip);
             ctx.mail.vault().throttle().succeeded(&user, ip);
             ctx.sessions.remove(&s.id);
             let new = ctx.sessions.create(
@@ -484,6 +485,12 @@ async fn overview_answer(ctx: &PanelCtx, s: &Session, msg: Msg) -> Response {
         .into_iter()
         .find(|u| u.user == a.user);
     let panel_sessions = ctx.sessions.of_user(&a.user);
+    let mail_sessions: Vec<_> = vault
+        .registry()
+        .sessions_of(&a.user)
+        .into_iter()
+        .filter(|i| i.kind != "panel")
+        .collect();
 
     let mut b = String::new();
     b.push_str("<dl>\n");
@@ -541,6 +548,27 @@ async fn overview_answer(ctx: &PanelCtx, s: &Session, msg: Msg) -> Response {
         b.push_str(
             "</tbody>\n</table>\n<p><a href=\"/app-passwords\">Manage app passwords</a></p>\n",
         );
+    }
+
+    b.push_str("<h2>Mail app sessions</h2>\n");
+    if mail_sessions.is_empty() {
+        b.push_str("<p>No mail app is connected right now.</p>\n");
+    } else {
+        b.push_str("<table>\n<thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">Address</th><th scope=\"col\">Connected</th></tr></thead>\n<tbody>\n");
+        for i in &mail_sessions {
+            let started = i
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            b.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                esc(i.kind),
+                esc(&i.address.to_string()),
+                html::date(started)
+            ));
+        }
+        b.push_str("</tbody>\n</table>\n");
     }
 
     b.push_str("<h2>Panel sessions</h2>\n<table>\n<thead><tr><th scope=\"col\">Address</th><th scope=\"col\">Signed in</th></tr></thead>\n<tbody>\n");

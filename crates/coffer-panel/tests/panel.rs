@@ -794,6 +794,31 @@ async fn invite_registration_needs_a_valid_unused_code() {
 }
 
 #[tokio::test]
+async fn overview_lists_mail_app_sessions_with_address() {
+    let s = server().await;
+    // A mail app's session (the IMAP server describes its sessions the same way).
+    let imap = s
+        .mail
+        .vault()
+        .login("alice", PW, Purpose::Mail)
+        .await
+        .unwrap();
+    imap.describe("IMAP", "198.51.100.7".parse().unwrap());
+    let mut b = Browser::new(&s);
+    b.sign_in("alice", PW).await;
+    let p = b.get("/").await;
+    p.assert(200, "Mail app sessions");
+    assert!(p.body.contains("198.51.100.7"), "{}", p.body);
+    drop(imap);
+    let p = b.get("/").await;
+    assert!(
+        !p.body.contains("198.51.100.7"),
+        "a closed session is no longer listed"
+    );
+    p.assert(200, "No mail app is connected");
+}
+
+#[tokio::test]
 async fn shutdown_ends_panel_sessions() {
     let s = server().await;
     let mut b = Browser::new(&s);

@@ -23,7 +23,7 @@ pub use kdf::KdfParams;
 pub use keyring::{Keyring, KeyringError, Place, PublicSealer};
 pub use pepper::{Pepper, PepperError};
 pub use recovery::{RecoveryPublicKey, RecoverySecretKey};
-pub use registry::{Locked, Registry, Unlocked};
+pub use registry::{Locked, Registry, SessionInfo, Unlocked};
 pub use secret::{Password, PasswordError, Secret32};
 pub use throttle::Throttle;
 pub use vault::*;

@@ -54,6 +54,8 @@ struct Entry {
 pub(crate) struct RegistryInner {
     entries: Mutex<HashMap<UserId, Entry>>,
     grace: Duration,
+    /// Sessions that said what they are, by session id.
+    described: Mutex<HashMap<u64, (UserId, SessionInfo)>>,
 }
 
 /// Proof that a user's keyring is open, and a session that keeps it open. Only the vault
@@ -62,6 +64,23 @@ pub struct Unlocked {
     cell: Arc<KeyringCell>,
     registry: Arc<RegistryInner>,
     opened_with: SlotKind,
+    /// Identifies this session in the registry's list of described sessions.
+    id: u64,
+}
+
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_session_id() -> u64 {
+    NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What a user may see of one of their open sessions (the panel's overview).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// "IMAP", "panel", ...
+    pub kind: &'static str,
+    pub address: std::net::IpAddr,
+    pub started: std::time::SystemTime,
 }
 
 impl Unlocked {
@@ -85,6 +104,18 @@ impl Unlocked {
         guard.as_mut().map(f).ok_or(Locked)
     }
 
+    /// Records what this session is (kind and client address) for [`Registry::sessions_of`].
+    pub fn describe(&self, kind: &'static str, address: std::net::IpAddr) {
+        if let Ok(mut d) = self.registry.described.lock() {
+            let info = SessionInfo {
+                kind,
+                address,
+                started: std::time::SystemTime::now(),
+            };
+            d.insert(self.id, (self.cell.user, info));
+        }
+    }
+
     pub fn is_locked(&self) -> bool {
         self.cell.keys.read().map(|k| k.is_none()).unwrap_or(true)
     }
@@ -102,6 +133,9 @@ impl Unlocked {
 
 impl Drop for Unlocked {
     fn drop(&mut self) {
+        if let Ok(mut d) = self.registry.described.lock() {
+            d.remove(&self.id);
+        }
         Registry {
             inner: self.registry.clone(),
         }
@@ -128,6 +162,7 @@ impl Registry {
             inner: Arc::new(RegistryInner {
                 entries: Mutex::new(HashMap::new()),
                 grace,
+                described: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -171,6 +206,7 @@ impl Registry {
                     cell: e.cell.clone(),
                     registry: self.inner.clone(),
                     opened_with,
+                    id: next_session_id(),
                 };
             }
             // Stale (the account was reset elsewhere): wipe it and start over.
@@ -196,6 +232,7 @@ impl Registry {
             cell,
             registry: self.inner.clone(),
             opened_with,
+            id: next_session_id(),
         }
     }
 
@@ -215,6 +252,7 @@ impl Registry {
             cell: e.cell.clone(),
             registry: self.inner.clone(),
             opened_with,
+            id: next_session_id(),
         })
     }
 
@@ -227,6 +265,7 @@ impl Registry {
             cell: e.cell.clone(),
             registry: self.inner.clone(),
             opened_with,
+            id: next_session_id(),
         })
     }
 
@@ -296,8 +335,25 @@ impl Registry {
         self.join(user, opened_with).ok()
     }
 
+    /// The described sessions of `user` in this process, oldest first.
+    pub fn sessions_of(&self, user: &UserId) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = match self.inner.described.lock() {
+            Ok(d) => d
+                .values()
+                .filter(|(u, _)| u == user)
+                .map(|(_, i)| i.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        out.sort_by_key(|i| i.started);
+        out
+    }
+
     /// "Lock now": wipes the user's keys at once; every session sees [`Locked`].
     pub fn lock(&self, user: &UserId) -> bool {
+        if let Ok(mut d) = self.inner.described.lock() {
+            d.retain(|_, (u, _)| u != user);
+        }
         let mut entries = self.entries();
         match entries.remove(user) {
             Some(e) => {
