@@ -10,6 +10,7 @@
 //!
 //! `coffer-bench imap` measures the IMAP server instead (module [`imap`]).
 
+mod compare;
 mod harness;
 mod imap;
 mod machine;
@@ -58,6 +59,10 @@ enum Mode {
     /// IMAP server figures against a real `coffer serve`: login latency, a big INBOX,
     /// memory per idle connection (see bench/README.md, "IMAP server")
     Imap(imap::ImapArgs),
+    /// Coffer side by side with Dovecot plain and Dovecot with mail_crypt: LMTP delivery,
+    /// mixed IMAP, logins, a big mailbox, idle memory, a 10 MiB FETCH (see bench/README.md,
+    /// "Side by side with Dovecot")
+    Compare(compare::CompareArgs),
 }
 
 /// The foundation run (no subcommand).
@@ -506,8 +511,10 @@ fn run(s: &Settings) -> Result<(), BoxError> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Mode::Imap(args)) = cli.mode {
-        return imap::main(args);
+    match cli.mode {
+        Some(Mode::Imap(args)) => return imap::main(args),
+        Some(Mode::Compare(args)) => return compare::main(args),
+        None => {}
     }
     let settings = match Settings::from(cli.foundation) {
         Ok(s) => s,

@@ -241,3 +241,118 @@ fn imap_smoke_run_writes_every_figure() {
     // The scratch installation (and with it the server's data) is removed.
     assert_empty(&work_dir);
 }
+
+/// Figures of the compare table that must be positive for every server in it.
+const COMPARE_LABELS: &[&str] = &[
+    "(3) LMTP delivery, 10 KiB, rate",
+    "(3) LMTP delivery, 10 KiB, throughput",
+    "(3) LMTP delivery, 1 MiB, rate",
+    "(3) LMTP delivery, 1 MiB, throughput",
+    "(1) mixed IMAP with login churn",
+    "(2) mixed IMAP, sessions kept open",
+    "(5) cold login, LOGIN round trip, p50",
+    "(5) cold login, LOGIN round trip, p99",
+    "(5) re-login, LOGIN round trip, p50",
+    "(5) re-login, LOGIN round trip, p99",
+    "(4) 50 messages: SELECT INBOX",
+    "(4) 50 messages: UID FETCH 1:* (FLAGS)",
+    "(4) 50 messages: UID SEARCH UNSEEN",
+    "(4) 50 messages: FETCH ENVELOPE, last 50",
+    "(4) 50 messages: UID FETCH BODY[], one message",
+    "(7) FETCH BODY[] of a 10 MiB message",
+];
+
+/// Differences of memory: with 10 connections they only have to be numbers.
+const COMPARE_DIFFERENCES: &[&str] = &[
+    "(6) memory per idle connection, RSS",
+    "(6) memory per idle connection, PSS",
+];
+
+/// Whether this test may start Dovecot: installed with LMTP, and running as root.
+fn dovecot_usable() -> bool {
+    Path::new("/usr/sbin/dovecot").is_file()
+        && Path::new("/usr/lib/dovecot/lmtp").is_file()
+        && rustix::process::geteuid().is_root()
+}
+
+/// The leading number of a cell such as "123 (100–140)".
+fn cell_number(cell: &str, label: &str, column: &str) -> f64 {
+    let first = cell.split_whitespace().next().unwrap_or("");
+    first
+        .parse()
+        .unwrap_or_else(|_| panic!("{column} of {label:?} is not a number: {cell:?}"))
+}
+
+#[test]
+fn compare_smoke_run_writes_every_figure() {
+    let coffer = coffer_binary();
+    let scratch = Scratch::new("compare-smoke");
+    let out_dir = scratch.0.join("results");
+    let work_dir = scratch.0.join("work");
+    let with_dovecot = dovecot_usable();
+    let servers = if with_dovecot {
+        "coffer,dovecot,dovecot-crypt"
+    } else {
+        eprintln!("Dovecot (with LMTP) is not installed or this is not root: Coffer only");
+        "coffer"
+    };
+    let text = run_bench(
+        &[
+            "compare".as_ref(),
+            "--smoke".as_ref(),
+            "--servers".as_ref(),
+            servers.as_ref(),
+            "--coffer".as_ref(),
+            coffer.as_os_str(),
+            "--out".as_ref(),
+            out_dir.as_os_str(),
+            "--tmp-dir".as_ref(),
+            work_dir.as_os_str(),
+        ],
+        &out_dir,
+        "compare",
+    );
+    for fact in FACTS {
+        assert!(
+            text.lines().any(|l| l.starts_with(fact)),
+            "missing {fact:?}"
+        );
+    }
+    assert!(text.contains("- mode: smoke"), "{text}");
+    assert!(
+        !text.contains("FAILED") && !text.contains("## Failures"),
+        "{text}"
+    );
+    let columns: Vec<&str> = if with_dovecot {
+        vec!["Coffer", "Dovecot plain", "Dovecot mail_crypt"]
+    } else {
+        vec!["Coffer"]
+    };
+    let header = row(&text, "figure");
+    for label in COMPARE_LABELS.iter().chain(COMPARE_DIFFERENCES) {
+        let cells = row(&text, label);
+        for column in &columns {
+            let i = header
+                .iter()
+                .position(|h| h == column)
+                .unwrap_or_else(|| panic!("no column {column:?} in {header:?}"));
+            let v = cell_number(cells[i], label, column);
+            if COMPARE_DIFFERENCES.contains(label) {
+                assert!(v.is_finite(), "{label:?} / {column}: {v}");
+            } else {
+                assert!(
+                    v.is_finite() && v > 0.0,
+                    "{label:?} / {column}: {v}\n{text}"
+                );
+            }
+        }
+    }
+    if with_dovecot {
+        assert!(
+            header.contains(&"Coffer ÷ Dovecot mail_crypt"),
+            "{header:?}"
+        );
+    }
+    // Every server's scratch directory (Coffer's installation, Dovecot's Maildirs) is gone.
+    assert_empty(&work_dir);
+}

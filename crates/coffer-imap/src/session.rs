@@ -485,6 +485,11 @@ impl Session {
             if u.is_locked() {
                 return Done::Bye("Mailbox locked; log in again".into());
             }
+            match self.ctx.mail.vault().locked_elsewhere(u).await {
+                Ok(true) => return Done::Bye("Mailbox locked; log in again".into()),
+                Ok(false) => {}
+                Err(_) => return Done::no("[UNAVAILABLE] Storage is unavailable, try again"),
+            }
             let current = u.with(|k| k.current_generation()).ok();
             match self.ctx.mail.vault().store().get_account(u.user_id()).await {
                 Ok(Some(a)) if Some(a.generation) == current => {}
@@ -837,7 +842,17 @@ impl Session {
                     return Ok(true);
                 }
                 _ = changed => check_mailbox = true,
-                _ = external.recv() => check_mailbox = true,
+                _ = external.recv() => {
+                    check_mailbox = true;
+                    let locked = match &self.user {
+                        Some(u) => matches!(self.ctx.mail.vault().locked_elsewhere(u).await, Ok(true)),
+                        None => false,
+                    };
+                    if locked {
+                        write_now(reader, b"* BYE Mailbox locked; log in again\r\n").await?;
+                        return Ok(false);
+                    }
+                }
                 // "Lock now" wipes keys in memory only; notice it within a second.
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = tokio::time::sleep_until(deadline) => {

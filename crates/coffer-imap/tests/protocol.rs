@@ -1113,3 +1113,48 @@ async fn the_login_throttle_is_shared_with_other_front_ends() {
         start.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lock_now_on_another_node_ends_sessions_here() {
+    let s = server().await;
+    let mut busy = Client::login(s.addr, "alice").await;
+    busy.ok("a1", "SELECT INBOX").await;
+    let mut idle = Client::login(s.addr, "alice").await;
+    idle.ok("b1", "SELECT INBOX").await;
+    idle.send(b"b2 IDLE\r\n").await;
+    assert_eq!(idle.line().await, "+ idling");
+    // Another node (its own vault over the same store) presses "lock now".
+    let other = coffer_vault::Vault::new(
+        std::sync::Arc::new(coffer_store::sqlite::SqliteStore::open(&s.dir).unwrap()),
+        std::sync::Arc::new(coffer_vault::Pepper::from_bytes(s.pepper)),
+        coffer_vault::VaultConfig {
+            kdf: coffer_vault::kdf::INSECURE_TEST_PARAMS,
+            argon2_concurrency: 1,
+            grace: Duration::ZERO,
+            recovery_key: None,
+        },
+    );
+    let user = other.user_id("alice").unwrap();
+    let start = Instant::now();
+    other.lock_everywhere(&user).await.unwrap();
+    assert!(
+        idle.line().await.starts_with("* BYE"),
+        "the IDLE session ends"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    busy.send(b"a2 NOOP\r\n").await;
+    assert!(
+        busy.line().await.starts_with("* BYE"),
+        "the other session ends at its next command"
+    );
+    assert!(
+        !s.mail.vault().registry().is_unlocked(&user),
+        "keys wiped on this node"
+    );
+    // A fresh login afterwards works.
+    Client::login(s.addr, "alice").await;
+}

@@ -120,6 +120,13 @@ pub async fn serve(
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
+                // "Lock now" pressed on another node wipes this node's keys too; the
+                // sessions holding them then expire here.
+                for s in ctx.sessions.signed_in_handles() {
+                    if let Some(a) = &s.auth {
+                        let _ = ctx.mail.vault().locked_elsewhere(&a.unlocked).await;
+                    }
+                }
                 ctx.sessions.sweep();
             }
         })

@@ -1058,7 +1058,10 @@ async fn lock(
         Err(r) => return r,
     };
     let user = auth(&s).user;
-    ctx.mail.vault().lock(&user);
+    // Every node sharing the store hears of it (their sessions end at their next check).
+    if ctx.mail.vault().lock_everywhere(&user).await.is_err() {
+        ctx.mail.vault().lock(&user);
+    }
     ctx.sessions.remove_user(&user);
     drop(s);
     let fresh = ctx.sessions.create(ip, None);

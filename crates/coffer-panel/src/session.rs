@@ -161,6 +161,15 @@ impl Sessions {
         v
     }
 
+    /// The keyring handles of signed-in sessions, to check for a lock made elsewhere.
+    pub fn signed_in_handles(&self) -> Vec<Arc<Session>> {
+        self.map()
+            .values()
+            .filter(|s| s.auth.is_some())
+            .cloned()
+            .collect()
+    }
+
     pub fn signed_in(&self) -> usize {
         self.map().values().filter(|s| s.auth.is_some()).count()
     }

@@ -19,6 +19,8 @@ use subtle::ConstantTimeEq;
 pub struct KeyringCell {
     user: UserId,
     keys: RwLock<Option<Keyring>>,
+    /// When this keyring was opened (wall clock, comparable across nodes).
+    opened_at: std::time::SystemTime,
 }
 
 impl KeyringCell {
@@ -102,6 +104,11 @@ impl Unlocked {
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(&mut Keyring) -> R) -> Result<R, Locked> {
         let mut guard = self.cell.keys.write().map_err(|_| Locked)?;
         guard.as_mut().map(f).ok_or(Locked)
+    }
+
+    /// When the keyring this session uses was opened.
+    pub fn keyring_opened_at(&self) -> std::time::SystemTime {
+        self.cell.opened_at
     }
 
     /// Records what this session is (kind and client address) for [`Registry::sessions_of`].
@@ -215,6 +222,7 @@ impl Registry {
         }
         let cell = Arc::new(KeyringCell {
             user,
+            opened_at: std::time::SystemTime::now(),
             keys: RwLock::new(Some(keyring)),
         });
         entries.insert(

@@ -203,6 +203,11 @@ fn name_aad(user: &UserId) -> Aad {
 
 const ESCROW_MAGIC: &[u8] = b"coffer/escrow/v1";
 
+/// Meta key holding the last "lock now" time of a user (nanoseconds since the epoch).
+fn lock_key(user: &UserId) -> String {
+    format!("lock:{}", user.to_hex())
+}
+
 impl Vault {
     pub fn new(store: Arc<dyn Store>, pepper: Arc<Pepper>, config: VaultConfig) -> Self {
         let registry = Registry::new(config.grace);
@@ -1092,6 +1097,37 @@ impl Vault {
     /// "Lock now": wipes the user's keys in this process.
     pub fn lock(&self, user: &UserId) -> bool {
         self.registry.lock(user)
+    }
+
+    /// "Lock now" for every node sharing the store: wipes the keys here and records the
+    /// moment, so that other processes wipe any keyring of this user opened before it at
+    /// their next check ([`Vault::locked_elsewhere`]).
+    pub async fn lock_everywhere(&self, user: &UserId) -> Result<bool, VaultError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.store
+            .set_meta(&lock_key(user), &now.to_be_bytes())
+            .await?;
+        Ok(self.registry.lock(user))
+    }
+
+    /// True (and the keys here wiped) if "lock now" was pressed for this user, on any node,
+    /// after this session's keyring was opened.
+    pub async fn locked_elsewhere(&self, session: &Unlocked) -> Result<bool, VaultError> {
+        let Some(value) = self.store.get_meta(&lock_key(session.user_id())).await? else {
+            return Ok(false);
+        };
+        let Ok(bytes) = <[u8; 8]>::try_from(value.as_slice()) else {
+            return Ok(false);
+        };
+        let locked_at = UNIX_EPOCH + Duration::from_nanos(u64::from_be_bytes(bytes));
+        if locked_at > session.keyring_opened_at() {
+            self.registry.lock(session.user_id());
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 

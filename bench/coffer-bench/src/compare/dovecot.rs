@@ -23,9 +23,9 @@ pub enum Flavour {
 }
 
 pub struct Dovecot {
-    pub flavour: Flavour,
     dir: TempDir,
-    conf: PathBuf,
+    /// base_dir, short because it holds unix sockets (108-byte path limit).
+    _run_dir: TempDir,
     child: Child,
     pub imap: SocketAddr,
     pub lmtp: SocketAddr,
@@ -46,7 +46,9 @@ fn sbin(name: &str) -> PathBuf {
 /// Whether a Dovecot with LMTP is installed and this process may start it (root).
 pub fn available() -> Result<(), String> {
     if !sbin("dovecot").is_file() {
-        return Err("dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd)".into());
+        return Err(
+            "dovecot is not installed (apt-get install dovecot-imapd dovecot-lmtpd)".into(),
+        );
     }
     if !Path::new("/usr/lib/dovecot/lmtp").is_file() {
         return Err("dovecot-lmtpd is not installed".into());
@@ -122,7 +124,9 @@ impl Dovecot {
         let root = dir.path().to_path_buf();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
-        for sub in ["run", "state", "log", "home"] {
+        let run_dir = TempDir::new(Path::new("/tmp"), "cbd")?;
+        std::fs::set_permissions(run_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        for sub in ["state", "log", "home"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         let chown = |p: &Path| -> Result<(), BoxError> {
@@ -150,7 +154,7 @@ impl Dovecot {
         let r = root.display();
         let text = format!(
             r#"# Private Dovecot instance of coffer-bench compare ({flavour:?}). Loopback only.
-base_dir = {r}/run
+base_dir = {run}
 state_dir = {r}/state
 log_path = {r}/log/dovecot.log
 protocols = imap lmtp
@@ -180,6 +184,9 @@ userdb {{
   driver = passwd-file
   args = username_format=%n {passwd}
 }}
+service imap {{
+  process_limit = 10000
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -197,8 +204,10 @@ service lmtp {{
 }}
 "#,
             passwd = passwd_path.display(),
+            run = run_dir.path().display(),
             plugins = if crypt {
                 "mail_plugins = $mail_plugins mail_crypt\n\
+                 mail_attribute_dict = file:%h/Maildir/dovecot-attributes\n\
                  plugin {\n  mail_crypt_curve = prime256v1\n  mail_crypt_save_version = 2\n  \
                  mail_crypt_require_encrypted_user_key = yes\n}\n"
             } else {
@@ -211,22 +220,11 @@ service lmtp {{
             },
         );
         std::fs::write(&conf, text)?;
-        if crypt {
-            // LMTP has no password, so it cannot create a key: every user gets one first.
-            // (`-A` panics in 2.3.19, so one call per user.)
-            for u in users {
-                run(
-                    Command::new(sbin("doveadm"))
-                        .arg("-c")
-                        .arg(&conf)
-                        .arg("-o")
-                        .arg(format!("plugin/mail_crypt_private_password={password}"))
-                        .args(["mailbox", "cryptokey", "generate", "-u", u, "-U"]),
-                    "doveadm mailbox cryptokey generate",
-                )?;
-            }
-        }
-        let version = run(Command::new(sbin("dovecot")).arg("--version"), "dovecot --version")?;
+        let conf_path = conf.clone();
+        let version = run(
+            Command::new(sbin("dovecot")).arg("--version"),
+            "dovecot --version",
+        )?;
         let mut command = Command::new(sbin("dovecot"));
         command
             .arg("-F")
@@ -247,11 +245,12 @@ service lmtp {{
                 });
             }
         }
-        let child = command.spawn().map_err(|e| format!("starting dovecot: {e}"))?;
+        let child = command
+            .spawn()
+            .map_err(|e| format!("starting dovecot: {e}"))?;
         let mut d = Dovecot {
-            flavour,
             dir,
-            conf,
+            _run_dir: run_dir,
             child,
             imap: SocketAddr::from(([127, 0, 0, 1], imap_port)),
             lmtp: SocketAddr::from(([127, 0, 0, 1], lmtp_port)),
@@ -274,21 +273,31 @@ service lmtp {{
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(d)
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self.flavour {
-            Flavour::Plain => "Dovecot plain",
-            Flavour::MailCrypt => "Dovecot mail_crypt",
+        // Before the first delivery (the server must run: doveadm asks its auth service).
+        if crypt {
+            // LMTP has no password, so it cannot create a key: every user gets one first.
+            // (`-A` panics in 2.3.19, so one call per user.)
+            for u in users {
+                run(
+                    Command::new(sbin("doveadm"))
+                        .arg("-c")
+                        .arg(&conf_path)
+                        .arg("-o")
+                        .arg(format!("plugin/mail_crypt_private_password={password}"))
+                        .args(["mailbox", "cryptokey", "generate", "-u", u, "-U"]),
+                    "doveadm mailbox cryptokey generate",
+                )?;
+            }
         }
+        Ok(d)
     }
 
     /// The last lines of Dovecot's log.
     pub fn log_tail(&self) -> String {
         let text =
             std::fs::read_to_string(self.dir.path().join("log/dovecot.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
+        // Warnings and errors say why; the Info lines of 2,000 disconnects would bury them.
+        let lines: Vec<&str> = text.lines().filter(|l| !l.contains(": Info: ")).collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
@@ -302,20 +311,6 @@ service lmtp {{
             return Err(format!("dovecot exited ({status}): {}", self.log_tail()).into());
         }
         Ok(())
-    }
-
-    /// Log lines with "Error" or "Panic" or "Fatal", for the report.
-    pub fn errors(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("log/dovecot.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Error:") || l.contains("Panic:") || l.contains("Fatal:"))
-            .map(str::to_string)
-            .collect()
-    }
-
-    pub fn config_path(&self) -> &Path {
-        &self.conf
     }
 }
 
@@ -361,18 +356,27 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Sum of VmRSS over `pids`, in KiB (processes that are gone count 0).
-pub fn rss_sum_kib(pids: &[u32]) -> u64 {
-    pids.iter()
-        .filter_map(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+/// Sum of VmRSS (`/proc/PID/status`) and of Pss (`/proc/PID/smaps_rollup`) over `pids`,
+/// in KiB (processes that are gone count 0). PSS divides each shared page among the
+/// processes that map it, so a sum of PSS does not count shared libraries N times.
+pub fn memory_sum_kib(pids: &[u32]) -> (u64, u64) {
+    let field = |file: &str, name: &str| -> u64 {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix(name))?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    pids.iter().fold((0, 0), |(rss, pss), pid| {
+        (
+            rss + field(&format!("/proc/{pid}/status"), "VmRSS:"),
+            pss + field(&format!("/proc/{pid}/smaps_rollup"), "Pss:"),
+        )
+    })
 }

@@ -216,7 +216,9 @@ impl Client {
         self.next_tag += 1;
         let prefix = format!("{tag} ");
         let start = Instant::now();
-        self.send(format!("{tag} APPEND {mailbox} ({flags}) {{{}}}\r\n", message.len()).as_bytes())?;
+        self.send(
+            format!("{tag} APPEND {mailbox} ({flags}) {{{}}}\r\n", message.len()).as_bytes(),
+        )?;
         let mut line = std::mem::take(&mut self.line);
         let result = (|| {
             loop {
