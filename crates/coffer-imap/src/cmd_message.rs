@@ -239,16 +239,25 @@ impl Session {
                 None
             };
             let raw_bytes: &[u8] = raw.as_deref().map(|v| v.as_slice()).unwrap_or(b"");
+            // Items are written straight into the response line: a large literal is copied
+            // once, not once per layer.
             let mut line = format!("* {seq} FETCH (").into_bytes();
-            let mut parts: Vec<Vec<u8>> = Vec::new();
-            let mut has_uid = false;
+            let has_uid = items.contains(&FetchAtt::Uid);
             let mut has_flags = false;
             let mut has_modseq = false;
+            let mut first = true;
+            if uid && !has_uid {
+                line.extend_from_slice(format!("UID {u}").as_bytes());
+                first = false;
+            }
             for item in items {
-                let mut p = Vec::new();
+                if !first {
+                    line.push(b' ');
+                }
+                first = false;
+                let p = &mut line;
                 match item {
                     FetchAtt::Uid => {
-                        has_uid = true;
                         p.extend_from_slice(format!("UID {u}").as_bytes());
                     }
                     FetchAtt::Flags => {
@@ -294,10 +303,18 @@ impl Session {
                             p.extend_from_slice(format!("<{off}>").as_bytes());
                         }
                         p.push(b' ');
-                        match mime::section(raw_bytes, section) {
-                            Some(data) => response::literal(&mut p, partial_slice(&data, *partial)),
-                            // A part that does not exist is an empty string, as Dovecot answers.
-                            None => p.extend_from_slice(b"{0}\r\n"),
+                        // BODY[] needs no MIME parse: the fast path avoids copying a large
+                        // message.
+                        let whole = (section.part.is_empty() && section.text.is_none())
+                            .then(|| mime::whole_message(raw_bytes));
+                        if let Some(data) = whole {
+                            response::literal(p, partial_slice(&data, *partial));
+                        } else {
+                            match mime::section(raw_bytes, section) {
+                                Some(data) => response::literal(p, partial_slice(&data, *partial)),
+                                // A part that does not exist is an empty string, as Dovecot answers.
+                                None => p.extend_from_slice(b"{0}\r\n"),
+                            }
                         }
                     }
                     FetchAtt::Binary { part, partial, .. } => {
@@ -312,10 +329,9 @@ impl Session {
                         }
                         p.push(b' ');
                         match mime::binary(raw_bytes, part) {
-                            Ok(data) => response::literal_or_literal8(
-                                &mut p,
-                                partial_slice(&data, *partial),
-                            ),
+                            Ok(data) => {
+                                response::literal_or_literal8(p, partial_slice(&data, *partial))
+                            }
                             Err(mime::BinaryError::UnknownCte) => {
                                 unknown_cte = true;
                                 p.extend_from_slice(b"NIL");
@@ -351,37 +367,31 @@ impl Session {
                             _ => ("RFC822.TEXT ", Some(SectionText::Text)),
                         };
                         p.extend_from_slice(name.as_bytes());
-                        let data = mime::section(
-                            raw_bytes,
-                            &Section {
-                                part: Vec::new(),
-                                text,
-                            },
-                        )
-                        .unwrap_or_default();
-                        response::literal(&mut p, &data);
+                        if text.is_none() {
+                            response::literal(p, &mime::whole_message(raw_bytes));
+                        } else {
+                            let data = mime::section(
+                                raw_bytes,
+                                &Section {
+                                    part: Vec::new(),
+                                    text,
+                                },
+                            )
+                            .unwrap_or_default();
+                            response::literal(p, &data);
+                        }
                     }
                 }
-                parts.push(p);
-            }
-            if uid && !has_uid {
-                parts.insert(0, format!("UID {u}").into_bytes());
             }
             if seen_set.contains(&u) && !has_flags {
-                parts.push(format!("FLAGS {}", flags_text(&vm.flags)).into_bytes());
+                line.extend_from_slice(format!(" FLAGS {}", flags_text(&vm.flags)).as_bytes());
                 has_flags = true;
             }
             if self.condstore && (has_flags || changed_since.is_some()) && !has_modseq {
-                parts.push(format!("MODSEQ ({})", vm.modseq).into_bytes());
-            }
-            for (i, p) in parts.iter().enumerate() {
-                if i > 0 {
-                    line.push(b' ');
-                }
-                line.extend_from_slice(p);
+                line.extend_from_slice(format!(" MODSEQ ({})", vm.modseq).as_bytes());
             }
             line.extend_from_slice(b")\r\n");
-            out.bytes(&line);
+            out.take(line);
             if out.maybe_flush().await.is_err() {
                 return Done::Bye("Connection error".into());
             }

@@ -2570,6 +2570,10 @@ fn base64_decode(src: &[u8]) -> Vec<u8> {
 
 /// Bare LF becomes CRLF (an LF at the very start counts as bare).
 fn crlf(data: &[u8]) -> Vec<u8> {
+    if !has_bare_lf(data) {
+        // The common case (mail stored with CRLF): one copy, no per-byte work.
+        return data.to_vec();
+    }
     let mut out = Vec::with_capacity(data.len() + data.len() / 32);
     for (i, &c) in data.iter().enumerate() {
         if c == b'\n' && (i == 0 || data[i - 1] != b'\r') {
@@ -2578,6 +2582,27 @@ fn crlf(data: &[u8]) -> Vec<u8> {
         out.push(c);
     }
     out
+}
+
+fn has_bare_lf(data: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &c in data {
+        if c == b'\n' && prev != b'\r' {
+            return true;
+        }
+        prev = c;
+    }
+    false
+}
+
+/// The whole message as `BODY[]` sends it: borrowed when it needs no change (CRLF line
+/// ends, no NUL), which is the common case, so a large message is not copied here.
+pub fn whole_message(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !has_bare_lf(raw) && !raw.contains(&0) {
+        std::borrow::Cow::Borrowed(raw)
+    } else {
+        std::borrow::Cow::Owned(nonuls(crlf(raw)))
+    }
 }
 
 /// IMAP literals must not contain NUL: Dovecot sends 0x80 instead.

@@ -29,6 +29,14 @@ impl Out<'_> {
     pub fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);
     }
+    /// Appends a whole buffer, moving it instead of copying when nothing is pending.
+    pub fn take(&mut self, b: Vec<u8>) {
+        if self.buf.is_empty() {
+            self.buf = b;
+        } else {
+            self.buf.extend_from_slice(&b);
+        }
+    }
     /// Writes out what is buffered if it is large (big FETCH answers stream).
     pub async fn maybe_flush(&mut self) -> std::io::Result<()> {
         if self.buf.len() >= 256 * 1024 {

@@ -115,21 +115,36 @@ pub fn open_body(
     let mut reader = decryptor
         .decrypt(std::iter::once(&id as &dyn age::Identity))
         .map_err(|_| OpenFailed)?;
-    let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
-    reader.read_to_end(&mut plain).map_err(|_| OpenFailed)?;
-    if plain.len() < HEADER_LEN || &plain[..4] != BODY_MAGIC {
+    // Header first, then exactly the body into a buffer of its size (no shifting of a
+    // large body), then the padding read to its end so the last chunk's tag is checked.
+    let mut header = [0u8; HEADER_LEN];
+    reader.read_exact(&mut header).map_err(|_| OpenFailed)?;
+    if &header[..4] != BODY_MAGIC
+        || &header[4..36] != user.as_bytes()
+        || &header[36..52] != blob.as_bytes()
+    {
         return Err(OpenFailed);
     }
-    if &plain[4..36] != user.as_bytes() || &plain[36..52] != blob.as_bytes() {
+    let len = u64::from_be_bytes(header[52..60].try_into().map_err(|_| OpenFailed)?);
+    if len > sealed.len() as u64 {
         return Err(OpenFailed);
     }
-    let len = u64::from_be_bytes(plain[52..60].try_into().map_err(|_| OpenFailed)?);
-    let end = (HEADER_LEN as u64).checked_add(len).ok_or(OpenFailed)?;
-    if end > plain.len() as u64 {
+    let mut plain = Zeroizing::new(Vec::with_capacity(len as usize));
+    (&mut reader)
+        .take(len)
+        .read_to_end(&mut plain)
+        .map_err(|_| OpenFailed)?;
+    if plain.len() as u64 != len {
         return Err(OpenFailed);
     }
-    plain.truncate(end as usize);
-    plain.drain(..HEADER_LEN);
+    let mut rest = [0u8; 4096];
+    loop {
+        match reader.read(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Err(OpenFailed),
+        }
+    }
     Ok(plain)
 }
 
