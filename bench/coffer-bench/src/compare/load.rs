@@ -94,7 +94,7 @@ fn select(c: &mut Client) -> Result<usize, BoxError> {
 /// until the last delivery was acknowledged.
 fn deliver_all(
     s: &Settings,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     rcpts: &[String],
     messages: Arc<Vec<Vec<u8>>>,
     count: usize,
@@ -108,6 +108,8 @@ fn deliver_all(
         let messages = messages.clone();
         let rcpts = rcpts.to_vec();
         let timeout = s.timeout;
+        // Connections go to the nodes in turn.
+        let addr = addrs[c % addrs.len()];
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             let conn = Lmtp::connect(addr, timeout);
             barrier.wait();
@@ -154,7 +156,7 @@ pub fn seed(s: &Settings, t: &mut Target, corpus: &[Vec<u8>]) -> Result<Duration
             .collect();
         deliver_all(
             s,
-            t.lmtp,
+            &t.lmtp_nodes,
             &rcpts,
             blocks.clone(),
             s.clients * s.mix_messages,
@@ -176,7 +178,7 @@ pub fn seed(s: &Settings, t: &mut Target, corpus: &[Vec<u8>]) -> Result<Duration
             .collect();
         deliver_all(
             s,
-            t.lmtp,
+            &t.lmtp_nodes,
             &[local_part_at(Users::BIG)],
             Arc::new(big),
             m,
@@ -198,7 +200,7 @@ pub fn seed(s: &Settings, t: &mut Target, corpus: &[Vec<u8>]) -> Result<Duration
         let body = data_block(&message(7, 10 * 1024 * 1024, "ten mebibytes"));
         deliver_all(
             s,
-            t.lmtp,
+            &t.lmtp_nodes,
             &[local_part_at(Users::BODY)],
             Arc::new(vec![body]),
             1,
@@ -240,7 +242,7 @@ pub fn lmtp_round(
         .collect();
     deliver_all(
         s,
-        t.lmtp,
+        &t.lmtp_nodes,
         &rcpts,
         Arc::new(vec![block]),
         count,
@@ -302,9 +304,10 @@ pub fn mixed(
 ) -> Result<Mixed, BoxError> {
     let corpus = Arc::new(corpus.to_vec());
     let barrier = Arc::new(Barrier::new(s.clients + 1));
-    let addr = t.imap;
     let mut threads = Vec::new();
     for i in 0..s.clients {
+        // Clients go to the nodes in turn.
+        let addr = t.imap_nodes[i % t.imap_nodes.len()];
         let barrier = barrier.clone();
         let corpus = corpus.clone();
         let user = Users::mix(i);

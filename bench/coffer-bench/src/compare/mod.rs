@@ -92,6 +92,15 @@ pub struct CompareArgs {
     /// FETCH BODY[] of the 10 MiB message per server per round [default: 5; smoke: 1]
     #[arg(long, value_name = "N")]
     body_fetches: Option<usize>,
+    /// Run Coffer on PostgreSQL instead of its embedded store: the URL of an empty database
+    /// (for example postgres://postgres@127.0.0.1:5432/coffer_bench after `createdb
+    /// coffer_bench`), written to `[storage] url`. The results file names the backend.
+    #[arg(long, value_name = "URL")]
+    coffer_storage_url: Option<String>,
+    /// Coffer nodes sharing the PostgreSQL database of --coffer-storage-url; IMAP clients
+    /// and LMTP connections are spread over them in turn [default: 1]
+    #[arg(long, value_name = "N")]
+    coffer_nodes: Option<usize>,
 }
 
 pub(crate) struct Settings {
@@ -116,6 +125,8 @@ pub(crate) struct Settings {
     pub idle_connections: usize,
     pub body_fetches: usize,
     pub timeout: Duration,
+    coffer_storage_url: Option<String>,
+    coffer_nodes: usize,
 }
 
 pub(crate) const WORKLOADS: &[&str] =
@@ -211,7 +222,15 @@ impl Settings {
             idle_connections: pick(a.idle_connections, 2000, 10),
             body_fetches: pick(a.body_fetches, 5, 1),
             timeout: Duration::from_secs(120),
+            coffer_storage_url: a.coffer_storage_url,
+            coffer_nodes: a.coffer_nodes.unwrap_or(1),
         };
+        if s.coffer_nodes == 0 {
+            return Err("--coffer-nodes must be at least 1".into());
+        }
+        if s.coffer_nodes > 1 && s.coffer_storage_url.is_none() {
+            return Err("--coffer-nodes above 1 needs --coffer-storage-url (nodes share a PostgreSQL database)".into());
+        }
         for (flag, n) in [
             ("--rounds", s.rounds),
             ("--lmtp-clients", s.lmtp_clients),
@@ -289,7 +308,10 @@ impl Users {
 pub(crate) struct Target {
     pub kind: Kind,
     pub imap: SocketAddr,
-    pub lmtp: SocketAddr,
+    /// Every node's listeners, `imap` and the first LMTP listener first (one entry except for Coffer with
+    /// --coffer-nodes).
+    pub imap_nodes: Vec<SocketAddr>,
+    pub lmtp_nodes: Vec<SocketAddr>,
     handle: Handle,
 }
 
@@ -298,6 +320,8 @@ enum Handle {
         server: Server,
         // Dropped after the server: the scratch installation.
         _inst: Installation,
+        // Further nodes on the same PostgreSQL database (server, then its installation).
+        _nodes: Vec<(Server, Installation)>,
     },
     Dovecot(Dovecot),
 }
@@ -348,6 +372,9 @@ fn start_coffer(s: &Settings, users: &[String]) -> Result<(Target, String), BoxE
         users.len()
     );
     let inst = Installation::create(&s.coffer, &s.tmp_dir, &s.kdf_profile)?;
+    if let Some(url) = &s.coffer_storage_url {
+        inst.use_storage_url(url)?;
+    }
     for u in users {
         inst.add_user(u, PASSWORD)?;
     }
@@ -355,23 +382,58 @@ fn start_coffer(s: &Settings, users: &[String]) -> Result<(Target, String), BoxE
     let lmtp = server
         .lmtp
         .ok_or("coffer serve reported no TCP LMTP listener")?;
+    let mut imap_nodes = vec![server.imap];
+    let mut lmtp_nodes = vec![lmtp];
+    let mut nodes = Vec::new();
+    if let Some(url) = &s.coffer_storage_url {
+        for _ in 1..s.coffer_nodes {
+            let node = inst.another_node(&s.tmp_dir, url)?;
+            let node_server = node.start()?;
+            imap_nodes.push(node_server.imap);
+            lmtp_nodes.push(
+                node_server
+                    .lmtp
+                    .ok_or("coffer serve reported no TCP LMTP listener")?,
+            );
+            nodes.push((node_server, node));
+        }
+    }
     let k = &inst.config.kdf;
+    let backend = match &s.coffer_storage_url {
+        // The URL without a password, if it has one.
+        Some(url) => format!("PostgreSQL {}, {} node(s)", redact_url(url), s.coffer_nodes),
+        None => "embedded store".to_string(),
+    };
     let kdf = format!(
-        "{} (m={} KiB, t={}, p={})",
+        "{} (m={} KiB, t={}, p={}); {backend}",
         inst.config.kdf_profile, k.memory_kib, k.time_cost, k.parallelism
     );
     Ok((
         Target {
             kind: Kind::Coffer,
             imap: server.imap,
-            lmtp,
+            imap_nodes,
+            lmtp_nodes,
             handle: Handle::Coffer {
                 server,
                 _inst: inst,
+                _nodes: nodes,
             },
         },
         kdf,
     ))
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user@host/db`.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn start_dovecot(
@@ -390,7 +452,8 @@ fn start_dovecot(
         Target {
             kind,
             imap: d.imap,
-            lmtp: d.lmtp,
+            imap_nodes: vec![d.imap],
+            lmtp_nodes: vec![d.lmtp],
             handle: Handle::Dovecot(d),
         },
         version,

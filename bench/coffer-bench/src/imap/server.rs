@@ -103,6 +103,44 @@ impl Installation {
         Ok(inst)
     }
 
+    /// Points `[storage] url` at `url` (an empty PostgreSQL database) and runs `coffer
+    /// init` again, which creates the schema there and records the pepper's check value.
+    pub fn use_storage_url(&self, url: &str) -> Result<(), BoxError> {
+        self.set_storage_url(url)?;
+        let out = self
+            .command(&["init"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("running {}: {e}", self.coffer.display()))?;
+        if !out.status.success() {
+            return Err(format!("coffer init on {url} failed: {}", output_text(&out)).into());
+        }
+        Ok(())
+    }
+
+    fn set_storage_url(&self, url: &str) -> Result<(), BoxError> {
+        let path = self.dir.path().join("coffer.toml");
+        let text = std::fs::read_to_string(&path)?;
+        if !text.contains("url = \"\"") {
+            return Err("coffer.toml has no empty [storage] url; the template changed".into());
+        }
+        std::fs::write(
+            &path,
+            text.replacen("url = \"\"", &format!("url = {url:?}"), 1),
+        )?;
+        Ok(())
+    }
+
+    /// Another node of this installation on PostgreSQL `url`: a fresh scratch directory
+    /// with this pepper (every node needs the same pepper) and its own listeners; the
+    /// schema and the users are already in the database.
+    pub fn another_node(&self, parent: &Path, url: &str) -> Result<Installation, BoxError> {
+        let node = Installation::create(&self.coffer, parent, &self.config.kdf_profile)?;
+        std::fs::copy(&self.config.pepper, &node.config.pepper)?;
+        node.set_storage_url(url)?;
+        Ok(node)
+    }
+
     fn read_config(base: &Path, text: &str) -> Result<Config, BoxError> {
         let t: toml::Table = text.parse()?;
         let resolve = |p: String| {
