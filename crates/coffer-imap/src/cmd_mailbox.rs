@@ -445,7 +445,9 @@ impl Session {
         let mut parts = Vec::new();
         for item in items {
             parts.push(match item {
-                StatusItem::Messages => format!("MESSAGES {}", flags.as_ref().map_or(0, Vec::len)),
+                StatusItem::Messages => {
+                    format!("MESSAGES {}", flags.as_ref().map_or(0, |f| f.len()))
+                }
                 StatusItem::Recent => "RECENT 0".into(),
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uid_validity.get()),

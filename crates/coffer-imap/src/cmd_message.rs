@@ -9,8 +9,9 @@ use crate::session::{flags_text, mail_err, uid_set_text, Done, Out, Session};
 use crate::types::{
     FetchAtt, SearchKey, SearchReturn, Section, SectionText, SequenceSet, StoreMode,
 };
-use coffer_mail::{FlagOp, MailError, Message};
+use coffer_mail::{FlagOp, MailError, Message, Summary};
 use coffer_types::{Flag, Uid};
+use coffer_vault::Unlocked;
 use std::collections::HashMap;
 
 /// (sequence number, UID) of the messages a set names.
@@ -29,6 +30,37 @@ fn resolve(sel: &crate::session::Selected, uid: bool, set: &SequenceSet) -> Vec<
         })
         .map(|(i, m)| (i as u32 + 1, m.uid))
         .collect()
+}
+
+/// Messages at least this large stream `BODY[]` from the blob when they can (see
+/// `Session::stream_body`); smaller ones are cheaper to open whole.
+const STREAM_MIN: u64 = 256 * 1024;
+
+/// Whether a FETCH item needs the message body.
+fn item_needs_body(item: &FetchAtt) -> bool {
+    matches!(
+        item,
+        FetchAtt::BodySection { .. }
+            | FetchAtt::Binary { .. }
+            | FetchAtt::BinarySize(_)
+            | FetchAtt::Rfc822
+            | FetchAtt::Rfc822Header
+            | FetchAtt::Rfc822Text
+    )
+}
+
+/// `BODY[]`, `BODY.PEEK[]` or `RFC822` without a partial range: the whole message as stored
+/// (when it is canonical), which can stream.
+fn is_whole_message(item: &FetchAtt) -> bool {
+    match item {
+        FetchAtt::BodySection {
+            section,
+            partial: None,
+            ..
+        } => section.part.is_empty() && section.text.is_none(),
+        FetchAtt::Rfc822 => true,
+        _ => false,
+    }
 }
 
 fn section_name(section: &Section) -> String {
@@ -150,23 +182,24 @@ impl Session {
                 }
             }
         }
-        let needs_meta = items
-            .iter()
-            .any(|i| matches!(i, FetchAtt::InternalDate | FetchAtt::Rfc822Size));
-        let needs_body = items.iter().any(|i| {
+        // ENVELOPE, BODYSTRUCTURE and BODY come from the sealed summary (metadata), the
+        // other body items from the body itself.
+        let summary_items = items.iter().any(|i| {
             matches!(
                 i,
-                FetchAtt::Envelope
-                    | FetchAtt::BodyStructure
-                    | FetchAtt::Body
-                    | FetchAtt::BodySection { .. }
-                    | FetchAtt::Binary { .. }
-                    | FetchAtt::BinarySize(_)
-                    | FetchAtt::Rfc822
-                    | FetchAtt::Rfc822Header
-                    | FetchAtt::Rfc822Text
+                FetchAtt::Envelope | FetchAtt::BodyStructure | FetchAtt::Body
             )
         });
+        let needs_body = items.iter().any(item_needs_body);
+        // Body items other than the whole message: these need the body in memory.
+        let needs_parsed_body = items
+            .iter()
+            .any(|i| item_needs_body(i) && !is_whole_message(i));
+        let needs_meta = needs_body
+            || summary_items
+            || items
+                .iter()
+                .any(|i| matches!(i, FetchAtt::InternalDate | FetchAtt::Rfc822Size));
         let sets_seen = items.iter().any(|i| {
             matches!(
                 i,
@@ -205,7 +238,7 @@ impl Session {
             }
         }
         let uids: Vec<u32> = targets.iter().map(|(_, u)| *u).collect();
-        let meta = if needs_meta || needs_body {
+        let meta = if needs_meta {
             match self.load_meta(&uids).await {
                 Ok(m) => m,
                 Err(d) => return d,
@@ -220,23 +253,52 @@ impl Session {
             return Done::bad("No mailbox selected");
         };
         let mut unknown_cte = false;
+        // Summaries computed here for rows stored before summaries existed, kept afterwards.
+        let mut learned: Vec<(Message, Summary)> = Vec::new();
         for (seq, u) in targets {
             let Some(vm) = sel.view.get(seq as usize - 1) else {
                 continue;
             };
             let m = meta.get(&u);
-            if (needs_meta || needs_body) && m.is_none() {
+            if needs_meta && m.is_none() {
                 // Expunged by another session meanwhile: nothing to send (RFC 9051 §7.5.1
                 // lets the server omit it; the EXPUNGE follows later).
                 continue;
             }
-            let raw = if needs_body {
+            let cached = m.and_then(|m| m.summary.clone());
+            let summary_complete = cached.as_deref().is_some_and(|c| {
+                items.iter().all(|i| match i {
+                    FetchAtt::Envelope => !c.envelope.is_empty(),
+                    FetchAtt::BodyStructure => !c.body_structure.is_empty(),
+                    FetchAtt::Body => !c.body.is_empty(),
+                    _ => true,
+                })
+            });
+            // A large message that is sent exactly as stored streams from the blob; the
+            // size is known from the metadata before the body is opened.
+            let stream = needs_body
+                && !needs_parsed_body
+                && (summary_complete || !summary_items)
+                && m.is_some_and(|m| m.size >= STREAM_MIN)
+                && cached.as_deref().is_some_and(|c| c.canonical);
+            let load_body = (needs_body && !stream) || (summary_items && !summary_complete);
+            let raw = if load_body {
                 match self.ctx.mail.body(session, m.expect("checked above")).await {
                     Ok(b) => Some(b),
                     Err(e) => return mail_err(e),
                 }
             } else {
                 None
+            };
+            let summary: Option<std::sync::Arc<Summary>> = match (&raw, summary_items) {
+                (Some(body), true) if !summary_complete => {
+                    let fresh = mime::summary(body);
+                    if cached.is_none() {
+                        learned.push((m.expect("checked above").clone(), fresh.clone()));
+                    }
+                    Some(std::sync::Arc::new(fresh))
+                }
+                _ => cached,
             };
             let raw_bytes: &[u8] = raw.as_deref().map(|v| v.as_slice()).unwrap_or(b"");
             // Items are written straight into the response line: a large literal is copied
@@ -285,15 +347,24 @@ impl Session {
                     }
                     FetchAtt::Envelope => {
                         p.extend_from_slice(b"ENVELOPE ");
-                        p.extend_from_slice(&mime::envelope(raw_bytes));
+                        match summary.as_deref().filter(|s| !s.envelope.is_empty()) {
+                            Some(s) => p.extend_from_slice(&s.envelope),
+                            None => p.extend_from_slice(&mime::envelope(raw_bytes)),
+                        }
                     }
                     FetchAtt::BodyStructure => {
                         p.extend_from_slice(b"BODYSTRUCTURE ");
-                        p.extend_from_slice(&mime::body_structure(raw_bytes, true));
+                        match summary.as_deref().filter(|s| !s.body_structure.is_empty()) {
+                            Some(s) => p.extend_from_slice(&s.body_structure),
+                            None => p.extend_from_slice(&mime::body_structure(raw_bytes, true)),
+                        }
                     }
                     FetchAtt::Body => {
                         p.extend_from_slice(b"BODY ");
-                        p.extend_from_slice(&mime::body_structure(raw_bytes, false));
+                        match summary.as_deref().filter(|s| !s.body.is_empty()) {
+                            Some(s) => p.extend_from_slice(&s.body),
+                            None => p.extend_from_slice(&mime::body_structure(raw_bytes, false)),
+                        }
                     }
                     FetchAtt::BodySection {
                         section, partial, ..
@@ -303,6 +374,13 @@ impl Session {
                             p.extend_from_slice(format!("<{off}>").as_bytes());
                         }
                         p.push(b' ');
+                        if stream && is_whole_message(item) {
+                            let m = m.expect("checked above");
+                            if let Err(d) = self.stream_body(session, m, p, out).await {
+                                return d;
+                            }
+                            continue;
+                        }
                         // BODY[] needs no MIME parse: the fast path avoids copying a large
                         // message.
                         let whole = (section.part.is_empty() && section.text.is_none())
@@ -367,7 +445,12 @@ impl Session {
                             _ => ("RFC822.TEXT ", Some(SectionText::Text)),
                         };
                         p.extend_from_slice(name.as_bytes());
-                        if text.is_none() {
+                        if stream && text.is_none() {
+                            let m = m.expect("checked above");
+                            if let Err(d) = self.stream_body(session, m, p, out).await {
+                                return d;
+                            }
+                        } else if text.is_none() {
                             response::literal(p, &mime::whole_message(raw_bytes));
                         } else {
                             let data = mime::section(
@@ -396,10 +479,56 @@ impl Session {
                 return Done::Bye("Connection error".into());
             }
         }
+        if !learned.is_empty() {
+            // A cache: a failure to keep it costs the next FETCH a body open, nothing else.
+            if let Err(e) = self.ctx.mail.remember_summaries(session, learned).await {
+                tracing::debug!(error = %e, "could not keep FETCH summaries");
+            }
+        }
         if unknown_cte {
             return Done::no("[UNKNOWN-CTE] Unknown content-transfer-encoding");
         }
         Done::ok("FETCH completed")
+    }
+
+    /// Sends the literal of a whole message that streams from its blob: what `line` holds
+    /// so far, the literal's size (known from the sealed metadata), then the decrypted
+    /// chunks as they come. An error after the literal began cannot be answered with a
+    /// tagged NO (the client counts octets), so the connection is closed instead.
+    async fn stream_body(
+        &self,
+        session: &Unlocked,
+        m: &Message,
+        line: &mut Vec<u8>,
+        out: &mut Out<'_>,
+    ) -> Result<(), Done> {
+        let mut chunks = self
+            .ctx
+            .mail
+            .body_chunks(session, m)
+            .await
+            .map_err(mail_err)?;
+        line.extend_from_slice(format!("{{{}}}\r\n", m.size).as_bytes());
+        out.take(std::mem::take(line));
+        let gone = || Done::Abort;
+        out.flush().await.map_err(|_| gone())?;
+        let mut sent = 0u64;
+        while let Some(chunk) = chunks.recv().await {
+            match chunk {
+                Ok(c) => {
+                    sent += c.len() as u64;
+                    out.write_direct(&c).await.map_err(|_| gone())?;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "message body failed while streaming; closing");
+                    return Err(Done::Abort);
+                }
+            }
+        }
+        if sent != m.size {
+            return Err(Done::Abort);
+        }
+        Ok(())
     }
 
     /// Re-reads flags and MODSEQs of some messages into the view (after this session's
@@ -412,11 +541,13 @@ impl Session {
         // A few messages: read just those rows; many: the whole mailbox at once.
         let entries = if uids.len() <= 256 {
             let wanted: Vec<Uid> = uids.iter().filter_map(|u| Uid::new(*u)).collect();
-            self.ctx
-                .mail
-                .flags_for(session, sel.mailbox.id, &wanted)
-                .await
-                .map_err(mail_err)?
+            std::sync::Arc::new(
+                self.ctx
+                    .mail
+                    .flags_for(session, sel.mailbox.id, &wanted)
+                    .await
+                    .map_err(mail_err)?,
+            )
         } else {
             self.ctx
                 .mail

@@ -5,7 +5,7 @@
 mod cmd_mailbox;
 mod cmd_message;
 pub mod connection;
-pub mod mime;
+pub use coffer_mail::mime;
 pub mod mutf7;
 pub mod parse;
 pub mod response;

@@ -44,6 +44,12 @@ impl Out<'_> {
         }
         Ok(())
     }
+    /// Writes `b` straight to the connection after what is buffered (a streamed literal),
+    /// without copying it into the buffer.
+    pub async fn write_direct(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.flush().await?;
+        write_now(self.r, b).await
+    }
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.buf.is_empty() {
             write_now(self.r, &self.buf).await?;
@@ -64,6 +70,9 @@ pub enum Done {
     Logout,
     /// Untagged BYE and close.
     Bye(String),
+    /// Close at once, writing nothing more: a literal already begun was cut short (a
+    /// streamed body failed), and any text now would be read as the literal's bytes.
+    Abort,
 }
 
 impl Done {
@@ -375,6 +384,7 @@ impl Session {
                     let _ = write_now(&mut reader, format!("* BYE {text}\r\n").as_bytes()).await;
                     break;
                 }
+                Done::Abort => break,
                 Done::Logout => {
                     let _ = write_now(
                         &mut reader,
@@ -798,7 +808,7 @@ impl Session {
         {
             return Ok(());
         }
-        let current: Vec<FlagsEntry> = self.ctx.mail.flags_view(session, sel.mailbox.id).await?;
+        let current = self.ctx.mail.flags_view(session, sel.mailbox.id).await?;
         apply_changes(
             sel,
             &current,

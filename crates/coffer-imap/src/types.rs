@@ -32,25 +32,7 @@ impl SequenceSet {
     }
 }
 
-/// `section-text` (RFC 9051 §9).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SectionText {
-    Header,
-    /// HEADER.FIELDS: field names as given (compared case-insensitively).
-    HeaderFields(Vec<String>),
-    HeaderFieldsNot(Vec<String>),
-    Text,
-    /// MIME: the MIME header of a body part (only with a part number).
-    Mime,
-}
-
-/// `section` (RFC 9051 §9): a part path (`1.2.3`, empty for the whole message) and an
-/// optional text specifier. `BODY[]` is `Section { part: vec![], text: None }`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Section {
-    pub part: Vec<u32>,
-    pub text: Option<SectionText>,
-}
+pub use coffer_mail::mime::{Section, SectionText};
 
 /// One FETCH data item (RFC 9051 §6.4.5, RFC 3516 BINARY, RFC 7162 MODSEQ).
 #[derive(Clone, Debug, PartialEq, Eq)]

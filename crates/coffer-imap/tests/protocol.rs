@@ -1158,3 +1158,193 @@ async fn lock_now_on_another_node_ends_sessions_here() {
     // A fresh login afterwards works.
     Client::login(s.addr, "alice").await;
 }
+
+/// Paths of every sealed blob file in the test server's data directory.
+fn blob_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(dir.join("blobs")).unwrap().flatten() {
+        if shard.file_name() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            out.push(f.path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn envelope_and_bodystructure_are_answered_from_sealed_metadata_alone() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    // Every message of the MIME corpus but the empty file (APPEND refuses it).
+    let mut files: Vec<_> = std::fs::read_dir(&corpus)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    files.sort();
+    let mut raws = Vec::new();
+    for f in &files {
+        let raw = std::fs::read(f).unwrap();
+        // literal8 (RFC 3516) for a message with NUL bytes.
+        let tilde = if raw.contains(&0) { "~" } else { "" };
+        let lit = format!("ap APPEND INBOX {tilde}{{{}+}}\r\n", raw.len());
+        c.send(&[lit.as_bytes(), &raw, b"\r\n"].concat()).await;
+        let r = c.until_tagged("ap").await;
+        assert!(r.last().unwrap().starts_with("ap OK"), "{f:?}: {r:?}");
+        raws.push(raw);
+    }
+    c.ok("a1", "SELECT INBOX").await;
+    // The bodies are gone from the disk: what still answers comes from the metadata.
+    for f in blob_files(&s.dir) {
+        std::fs::remove_file(f).unwrap();
+    }
+    for (i, raw) in raws.iter().enumerate() {
+        let seq = i + 1;
+        let r = c
+            .ok("a2", &format!("FETCH {seq} (ENVELOPE BODYSTRUCTURE BODY)"))
+            .await;
+        let want = format!(
+            "* {seq} FETCH (ENVELOPE {} BODYSTRUCTURE {} BODY {})",
+            String::from_utf8_lossy(&coffer_imap::mime::envelope(raw)),
+            String::from_utf8_lossy(&coffer_imap::mime::body_structure(raw, true)),
+            String::from_utf8_lossy(&coffer_imap::mime::body_structure(raw, false)),
+        );
+        assert_eq!(r[0], want, "{:?}", files[i]);
+    }
+    let r = c.cmd("a3", "FETCH 1 BODY.PEEK[]").await;
+    assert!(
+        r.last().unwrap().starts_with("a3 NO"),
+        "the body is gone: {r:?}"
+    );
+}
+
+fn big_message(line_end: &str, size: usize) -> Vec<u8> {
+    let mut raw =
+        format!("Subject: big{line_end}From: a@example.org{line_end}{line_end}").into_bytes();
+    let mut n = 0;
+    while raw.len() < size {
+        raw.extend_from_slice(format!("line {n} of a large body{line_end}").as_bytes());
+        n += 1;
+    }
+    raw
+}
+
+/// Reads one untagged FETCH response whose only item is a literal and returns its bytes.
+async fn read_fetch_literal(c: &mut Client, prefix: &str) -> Vec<u8> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut head = Vec::new();
+    c.r.read_until(b'\n', &mut head).await.unwrap();
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with(prefix), "{head}");
+    let open = head.rfind('{').unwrap();
+    let n: usize = head[open + 1..head.len() - 3].parse().unwrap();
+    let mut lit = vec![0; n];
+    c.r.read_exact(&mut lit).await.unwrap();
+    let mut tail = Vec::new();
+    c.r.read_until(b'\n', &mut tail).await.unwrap();
+    assert_eq!(tail, b")\r\n");
+    lit
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_body_streams_exactly_and_bare_lf_bodies_are_still_converted() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    let crlf = big_message("\r\n", 3 * 1024 * 1024 + 17);
+    let bare = big_message("\n", 1024 * 1024);
+    for raw in [&crlf, &bare] {
+        let lit = format!("ap APPEND INBOX {{{}+}}\r\n", raw.len());
+        c.send(&[lit.as_bytes(), raw.as_slice(), b"\r\n"].concat())
+            .await;
+        let r = c.until_tagged("ap").await;
+        assert!(r.last().unwrap().starts_with("ap OK"), "{r:?}");
+    }
+    c.ok("a1", "SELECT INBOX").await;
+    c.send(b"a2 FETCH 1 BODY.PEEK[]\r\n").await;
+    assert_eq!(
+        read_fetch_literal(&mut c, "* 1 FETCH (BODY[] {").await,
+        crlf
+    );
+    assert!(c.line().await.starts_with("a2 OK"));
+    c.send(b"a3 FETCH 1 RFC822\r\n").await;
+    let lit = {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+        let mut head = Vec::new();
+        c.r.read_until(b'\n', &mut head).await.unwrap();
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("* 1 FETCH (RFC822 {"), "{head}");
+        let n: usize = head[head.rfind('{').unwrap() + 1..head.len() - 3]
+            .parse()
+            .unwrap();
+        let mut lit = vec![0; n];
+        c.r.read_exact(&mut lit).await.unwrap();
+        let rest = c.line().await;
+        assert!(
+            rest.contains("FLAGS (\\Seen)"),
+            "RFC822 sets \\Seen: {rest}"
+        );
+        lit
+    };
+    assert_eq!(lit, crlf);
+    assert!(c.line().await.starts_with("a3 OK"));
+    let r = c.ok("a4", "FETCH 1 BODY.PEEK[]<10.20>").await;
+    assert_eq!(
+        r[0],
+        format!(
+            "* 1 FETCH (BODY[]<10> {{20}}\r\n{})",
+            String::from_utf8_lossy(&crlf[10..30])
+        )
+    );
+    // The bare-LF message cannot stream as stored: it is sent with CRLF line ends.
+    c.send(b"a5 FETCH 2 BODY.PEEK[]\r\n").await;
+    let got = read_fetch_literal(&mut c, "* 2 FETCH (BODY[] {").await;
+    assert_eq!(got, coffer_imap::mime::whole_message(&bare).into_owned());
+    assert_eq!(
+        got.len(),
+        bare.len() + bare.iter().filter(|b| **b == b'\n').count()
+    );
+    assert!(c.line().await.starts_with("a5 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_large_body_ends_the_connection_and_never_sends_wrong_bytes() {
+    let s = server().await;
+    let mut c = Client::login(s.addr, "alice").await;
+    let raw = big_message("\r\n", 2 * 1024 * 1024);
+    let lit = format!("ap APPEND INBOX {{{}+}}\r\n", raw.len());
+    c.send(&[lit.as_bytes(), raw.as_slice(), b"\r\n"].concat())
+        .await;
+    assert!(c
+        .until_tagged("ap")
+        .await
+        .last()
+        .unwrap()
+        .starts_with("ap OK"));
+    c.ok("a1", "SELECT INBOX").await;
+    let files = blob_files(&s.dir);
+    assert_eq!(files.len(), 1);
+    let mut sealed = std::fs::read(&files[0]).unwrap();
+    let at = sealed.len() * 3 / 4;
+    sealed[at] ^= 0x01;
+    std::fs::write(&files[0], &sealed).unwrap();
+    c.send(b"a2 FETCH 1 BODY.PEEK[]\r\n").await;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut head = Vec::new();
+    c.r.read_until(b'\n', &mut head).await.unwrap();
+    assert!(head.starts_with(b"* 1 FETCH (BODY[] {"), "{head:?}");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(common::TIMEOUT, c.r.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the server closes the connection");
+    assert!(got.len() < raw.len(), "the literal was cut short");
+    assert!(
+        raw.starts_with(&got),
+        "every byte sent was the message's own"
+    );
+    // The server goes on serving.
+    let mut again = Client::login(s.addr, "alice").await;
+    again.ok("b1", "SELECT INBOX").await;
+}

@@ -36,6 +36,11 @@ impl<'a> Reader<'a> {
             self.take(2)?.try_into().map_err(|_| err(self.what))?,
         ))
     }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().map_err(|_| err(self.what))?,
+        ))
+    }
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(
             self.take(8)?.try_into().map_err(|_| err(self.what))?,
@@ -108,8 +113,9 @@ impl MailboxInfo {
 }
 
 /// What a message row seals besides flags: the blob it owns, exact size and INTERNALDATE
-/// (RFC 9051 §2.3.3). Sealing the blob id here binds row and blob: a row pointed at
-/// another message's blob no longer matches its own sealed metadata.
+/// (RFC 9051 §2.3.3), and the [`Summary`] FETCH answers from without opening the body.
+/// Sealing the blob id here binds row and blob: a row pointed at another message's blob no
+/// longer matches its own sealed metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageMeta {
     pub blob_id: [u8; 16],
@@ -118,42 +124,123 @@ pub struct MessageMeta {
     /// INTERNALDATE as seconds since the epoch, with its zone offset in minutes.
     pub internal_date: i64,
     pub tz_offset_minutes: i16,
+    /// Absent in rows written before the summary existed (layout 1); filled on first use.
+    pub summary: Option<std::sync::Arc<Summary>>,
+}
+
+/// The envelope/bodystructure cache of CRYPTO.md ("Metadata"): the answers to FETCH
+/// ENVELOPE, BODYSTRUCTURE and BODY, computed once from the plaintext when the message is
+/// stored, and whether `BODY[]` can be sent exactly as stored. Sealed with the rest of the
+/// metadata; never in the clear. Debug shows sizes only: the envelope holds the subject
+/// and the addresses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The message has CRLF line ends only and no NUL, so `BODY[]` is the stored bytes and
+    /// its size is known before the body is opened (it can stream).
+    pub canonical: bool,
+    pub envelope: Vec<u8>,
+    /// BODYSTRUCTURE (the extensible form).
+    pub body_structure: Vec<u8>,
+    /// BODY (the non-extensible form).
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Summary")
+            .field("canonical", &self.canonical)
+            .field("envelope_len", &self.envelope.len())
+            .field("body_structure_len", &self.body_structure.len())
+            .finish_non_exhaustive()
+    }
 }
 
 const META_V1: u8 = 1;
+/// Layout 2 adds the summary and pads the whole to a multiple of [`META_PAD`] bytes, so
+/// the sealed length says little about the subject or address lengths inside.
+const META_V2: u8 = 2;
+const META_PAD: usize = 64;
+/// A summary part longer than this is not cached (the answer is computed from the body):
+/// a hostile message cannot blow up every metadata read.
+pub const SUMMARY_PART_MAX: usize = 64 * 1024;
 
 impl MessageMeta {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(35);
-        out.push(META_V1);
+        let extra = self
+            .summary
+            .as_ref()
+            .map(|s| 13 + s.envelope.len() + s.body_structure.len() + s.body.len())
+            .unwrap_or(0);
+        let mut out = Vec::with_capacity(36 + extra + META_PAD);
+        out.push(META_V2);
         out.extend_from_slice(&self.blob_id);
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.internal_date.to_be_bytes());
         out.extend_from_slice(&self.tz_offset_minutes.to_be_bytes());
+        match &self.summary {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                out.push(s.canonical as u8);
+                for part in [&s.envelope, &s.body_structure, &s.body] {
+                    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                    out.extend_from_slice(part);
+                }
+            }
+        }
+        out.resize(out.len().div_ceil(META_PAD) * META_PAD, 0);
         out
     }
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = Reader {
-            buf: b,
-            what: "message metadata",
-        };
-        if r.u8()? != META_V1 {
-            return Err(err("message metadata"));
+        const WHAT: &str = "message metadata";
+        let mut r = Reader { buf: b, what: WHAT };
+        let version = r.u8()?;
+        if version != META_V1 && version != META_V2 {
+            return Err(err(WHAT));
         }
-        let blob_id: [u8; 16] = r
-            .take(16)?
-            .try_into()
-            .map_err(|_| err("message metadata"))?;
+        let blob_id: [u8; 16] = r.take(16)?.try_into().map_err(|_| err(WHAT))?;
         let size = r.u64()?;
         let internal_date = r.i64()?;
         let tz = r.u16()? as i16;
-        r.end()?;
+        let mut summary = None;
+        if version == META_V2 {
+            match r.u8()? {
+                0 => {}
+                1 => {
+                    let canonical = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(err(WHAT)),
+                    };
+                    let mut parts = [Vec::new(), Vec::new(), Vec::new()];
+                    for part in &mut parts {
+                        let len = r.u32()? as usize;
+                        *part = r.take(len)?.to_vec();
+                    }
+                    let [envelope, body_structure, body] = parts;
+                    summary = Some(std::sync::Arc::new(Summary {
+                        canonical,
+                        envelope,
+                        body_structure,
+                        body,
+                    }));
+                }
+                _ => return Err(err(WHAT)),
+            }
+            // Only zero padding may follow.
+            if r.buf.iter().any(|b| *b != 0) {
+                return Err(err(WHAT));
+            }
+        } else {
+            r.end()?;
+        }
         Ok(MessageMeta {
             blob_id,
             size,
             internal_date,
             tz_offset_minutes: tz,
+            summary,
         })
     }
 }
@@ -236,8 +323,29 @@ mod tests {
             size: 12345,
             internal_date: 1_700_000_000,
             tz_offset_minutes: -300,
+            summary: None,
         };
         assert_eq!(MessageMeta::decode(&meta.encode()).unwrap(), meta);
+        let with_summary = MessageMeta {
+            summary: Some(std::sync::Arc::new(Summary {
+                canonical: true,
+                envelope: b"(NIL \"hi\" NIL NIL NIL NIL NIL NIL NIL NIL)".to_vec(),
+                body_structure: b"(\"text\" \"plain\" NIL NIL NIL \"7bit\" 2 1 NIL NIL NIL NIL)"
+                    .to_vec(),
+                body: b"(\"text\" \"plain\" NIL NIL NIL \"7bit\" 2 1)".to_vec(),
+            })),
+            ..meta.clone()
+        };
+        let encoded = with_summary.encode();
+        assert_eq!(encoded.len() % META_PAD, 0, "padded");
+        assert_eq!(MessageMeta::decode(&encoded).unwrap(), with_summary);
+        // Layout 1 (rows from before the summary) still reads, without a summary.
+        let mut v1 = vec![META_V1];
+        v1.extend_from_slice(&[3; 16]);
+        v1.extend_from_slice(&12345u64.to_be_bytes());
+        v1.extend_from_slice(&1_700_000_000i64.to_be_bytes());
+        v1.extend_from_slice(&(-300i16).to_be_bytes());
+        assert_eq!(MessageMeta::decode(&v1).unwrap(), meta);
         let flags = vec![Flag::Seen, Flag::Keyword("$Label1".into()), Flag::Deleted];
         let back = decode_flags(&encode_flags(&flags)).unwrap();
         assert_eq!(
@@ -258,9 +366,25 @@ mod tests {
             size: 1,
             internal_date: 2,
             tz_offset_minutes: 0,
+            summary: None,
         }
         .encode();
-        meta.push(0);
+        meta.push(1);
         assert!(MessageMeta::decode(&meta).is_err(), "trailing byte");
+        let mut cut = MessageMeta {
+            blob_id: [0; 16],
+            size: 1,
+            internal_date: 2,
+            tz_offset_minutes: 0,
+            summary: Some(std::sync::Arc::new(Summary {
+                canonical: false,
+                envelope: vec![b'x'; 100],
+                body_structure: Vec::new(),
+                body: Vec::new(),
+            })),
+        }
+        .encode();
+        cut.truncate(60);
+        assert!(MessageMeta::decode(&cut).is_err(), "summary cut short");
     }
 }

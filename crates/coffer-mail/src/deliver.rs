@@ -55,6 +55,9 @@ pub async fn deliver(
         size: body.len() as u64,
         internal_date: date.timestamp,
         tz_offset_minutes: date.tz_offset_minutes,
+        // Computed here, from the plaintext that is in memory anyway, so the user's first
+        // FETCH ENVELOPE or BODYSTRUCTURE opens no body.
+        summary: Some(std::sync::Arc::new(crate::mime::summary(body))),
     };
     let sealed_body = sealer.seal_body(&blob_id, body);
     let sealed_meta = sealer.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());

@@ -13,9 +13,10 @@ pub mod codec;
 mod deliver;
 mod error;
 pub mod invites;
+pub mod mime;
 
 pub use changes::Changes;
-pub use codec::{MailboxInfo, MessageMeta};
+pub use codec::{MailboxInfo, MessageMeta, Summary};
 pub use deliver::{Delivered, deliver};
 pub use error::MailError;
 
@@ -66,6 +67,9 @@ pub struct Message {
     pub internal_date: i64,
     pub tz_offset_minutes: i16,
     pub flags: Vec<Flag>,
+    /// FETCH answers kept in the sealed metadata; `None` for rows stored before it existed
+    /// (FETCH then computes them from the body and [`Mail::remember_summaries`] keeps them).
+    pub summary: Option<Arc<Summary>>,
 }
 
 /// How STORE combines flags (RFC 9051 §6.4.6).
@@ -93,6 +97,35 @@ impl InternalDate {
             tz_offset_minutes: 0,
         }
     }
+}
+
+/// Plaintext chunk size of [`Mail::body_chunks`], and how many chunks may wait decrypted
+/// while the connection sends: about 1 MiB of plaintext in memory per streaming FETCH.
+const BODY_CHUNK: usize = 256 * 1024;
+const BODY_CHUNKS_AHEAD: usize = 3;
+
+/// Bodies at least this large are summarised on a blocking thread: parsing megabytes of
+/// MIME would stall the async workers.
+const SUMMARY_INLINE_MAX: usize = 256 * 1024;
+
+/// The summary of a message about to be stored (one MIME parse of the plaintext, which is
+/// in memory anyway), with the body handed back wrapped to be wiped on drop.
+async fn summarize(body: Vec<u8>) -> Result<(Zeroizing<Vec<u8>>, Summary)> {
+    let body = Zeroizing::new(body);
+    if body.len() < SUMMARY_INLINE_MAX {
+        let summary = mime::summary(&body);
+        return Ok((body, summary));
+    }
+    tokio::task::spawn_blocking(move || {
+        let summary = mime::summary(&body);
+        (body, summary)
+    })
+    .await
+    .map_err(|e| {
+        MailError::Store(coffer_store::StoreError::Unavailable(format!(
+            "summary task failed: {e}"
+        )))
+    })
 }
 
 /// The mailboxes a new account (or a new keyring after a reset) starts with: INBOX and
@@ -147,6 +180,10 @@ const PARALLEL_FLAGS_MIN: usize = 4096;
 type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Vec<Flag>)>;
 /// Entries kept per user before the cache starts over (about 100 bytes each, so ~30 MB).
 const FLAGS_CACHE_MAX: usize = 300_000;
+
+/// Whole mailbox views by mailbox, with the (UIDNEXT, HIGHESTMODSEQ, keyring generations)
+/// they were read at (see [`Mail::flags_view`]); at most [`FLAGS_CACHE_MAX`] entries in all.
+type ViewCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<Vec<FlagsEntry>>)>;
 
 fn decrypt_flags(k: &Keyring, rows: &[coffer_store::FlagRow]) -> Result<Vec<FlagsEntry>> {
     let mut out = Vec::with_capacity(rows.len());
@@ -268,7 +305,48 @@ impl Mail {
 
     /// UIDs, MODSEQs and flags of a mailbox, decrypting only the flags: what SELECT and the
     /// change checks of an open mailbox need.
+    ///
+    /// The whole view is kept in the keyring's cache (wiped with the keys) under the
+    /// mailbox's UIDNEXT and HIGHESTMODSEQ: every append, flag change, expunge and move
+    /// raises one of them (in both backends), so while they are the same the view is too,
+    /// and reopening an unchanged mailbox reads one mailbox row instead of every message.
     pub async fn flags_view(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+    ) -> Result<Arc<Vec<FlagsEntry>>> {
+        let row = self
+            .store()
+            .get_mailbox(session.user_id(), mailbox)
+            .await?
+            .ok_or(MailError::NoSuchMailbox)?;
+        let stamp = session.with(|k| (row.uid_next, row.highest_modseq, k.generation_count()))?;
+        let hit = session.with(|k| {
+            k.with_cache(|views: &mut ViewCache| {
+                views
+                    .get(&mailbox)
+                    .filter(|(s, _)| *s == stamp)
+                    .map(|(_, v)| v.clone())
+            })
+        })?;
+        if let Some(view) = hit {
+            return Ok(view);
+        }
+        let view = Arc::new(self.read_flags_view(session, mailbox).await?);
+        session.with(|k| {
+            k.with_cache(|views: &mut ViewCache| {
+                let held: usize = views.values().map(|(_, v)| v.len()).sum();
+                if held + view.len() > FLAGS_CACHE_MAX {
+                    views.clear();
+                }
+                views.insert(mailbox, (stamp, view.clone()));
+            })
+        })?;
+        Ok(view)
+    }
+
+    /// [`Mail::flags_view`] read from the store, decrypting what the flags cache lacks.
+    async fn read_flags_view(
         &self,
         session: &Unlocked,
         mailbox: MailboxId,
@@ -677,11 +755,13 @@ impl Mail {
         }
         let msg_id = MsgId(rand::random());
         let blob_id = BlobId(rand::random());
+        let (body, summary) = summarize(body).await?;
         let meta = MessageMeta {
             blob_id: blob_id.0,
             size: body.len() as u64,
             internal_date: date.timestamp,
             tz_offset_minutes: date.tz_offset_minutes,
+            summary: Some(Arc::new(summary)),
         };
         let (sealer, sealed_meta, sealed_flags) = session.with(|k| {
             let (_, meta) = k.seal(Place::MessageMeta(msg_id.as_bytes()), &meta.encode());
@@ -695,7 +775,6 @@ impl Mail {
         })?;
         let generation = sealer.generation();
         let user = *session.user_id();
-        let body = zeroize::Zeroizing::new(body);
         let blob_len = self
             .store()
             .put_blob_streamed(
@@ -721,6 +800,40 @@ impl Mail {
             .await?;
         self.changed(session, mailbox);
         Ok((uids[0], modseq))
+    }
+
+    /// Keeps summaries that FETCH computed from the bodies of rows stored without one, so
+    /// the next FETCH of those messages opens no body. A cache: no MODSEQ moves, nothing a
+    /// client sees changes, and a row resealed or expunged meanwhile is left alone.
+    pub async fn remember_summaries(
+        &self,
+        session: &Unlocked,
+        found: Vec<(Message, Summary)>,
+    ) -> Result<usize> {
+        let mut rows = Vec::with_capacity(found.len());
+        for (m, summary) in found {
+            let SealRef::IndexKey(g) = m.seal else {
+                continue;
+            };
+            let meta = MessageMeta {
+                blob_id: m.blob_id.0,
+                size: m.size,
+                internal_date: m.internal_date,
+                tz_offset_minutes: m.tz_offset_minutes,
+                summary: Some(Arc::new(summary)),
+            };
+            let sealed = session.with(|k| {
+                k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode())
+            })??;
+            rows.push((m.msg_id, m.seal, sealed));
+        }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        Ok(self
+            .store()
+            .replace_sealed_meta(session.user_id(), rows)
+            .await?)
     }
 
     fn decode_message(&self, session: &Unlocked, row: &MessageRow) -> Result<Message> {
@@ -766,6 +879,7 @@ impl Mail {
             internal_date: meta.internal_date,
             tz_offset_minutes: meta.tz_offset_minutes,
             flags,
+            summary: meta.summary,
         })
     }
 
@@ -818,6 +932,7 @@ impl Mail {
             size: m.size,
             internal_date: m.internal_date,
             tz_offset_minutes: m.tz_offset_minutes,
+            summary: m.summary.clone(),
         };
         let (sealed, empty_flags) = session.with(|k| -> Result<_> {
             let meta = k.seal_in(g, Place::MessageMeta(m.msg_id.as_bytes()), &meta.encode())?;
@@ -866,6 +981,56 @@ impl Mail {
             return Err(MailError::Tampered(format!("message blob {}", m.blob_id)));
         }
         Ok(plain)
+    }
+
+    /// The decrypted body as a stream of chunks, for sending a large `BODY[]` without
+    /// holding it whole: a blocking thread reads and decrypts the blob chunk by chunk while
+    /// the caller sends the previous one. Every chunk was authenticated before it arrives;
+    /// an `Err` in the stream (a tampered, truncated or foreign blob) means what was sent
+    /// so far must be abandoned. The chunks add up to exactly `m.size` bytes.
+    pub async fn body_chunks(
+        &self,
+        session: &Unlocked,
+        m: &Message,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<Zeroizing<Vec<u8>>>>> {
+        let reader = self
+            .store()
+            .open_blob(session.user_id(), &m.blob_id)
+            .await?;
+        let worker = session.another_session()?;
+        let (generation, blob, size) = (m.seal.generation(), m.blob_id, m.size);
+        let (tx, rx) = tokio::sync::mpsc::channel(BODY_CHUNKS_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let tampered = || MailError::Tampered(format!("message blob {blob}"));
+            let opened = worker.with(|k| k.open_body_reader(generation, &blob, reader));
+            // The payload key lives in the reader now; the keyring is not held meanwhile.
+            drop(worker);
+            let mut body = match opened {
+                Ok(Ok(r)) if r.len() == size => r,
+                Ok(Ok(_)) => return drop(tx.blocking_send(Err(tampered()))),
+                Ok(Err(e)) => return drop(tx.blocking_send(Err(e.into()))),
+                Err(e) => return drop(tx.blocking_send(Err(e.into()))),
+            };
+            loop {
+                let mut chunk = Zeroizing::new(vec![0u8; BODY_CHUNK]);
+                let mut filled = 0;
+                while filled < chunk.len() {
+                    match std::io::Read::read(&mut body, &mut chunk[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(_) => return drop(tx.blocking_send(Err(tampered()))),
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                chunk.truncate(filled);
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return; // the receiver went away (client gone)
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// Changes flags of messages (STORE). Returns the changed UIDs and their new MODSEQ,
@@ -994,6 +1159,7 @@ impl Mail {
                 size: m.size,
                 internal_date: m.internal_date,
                 tz_offset_minutes: m.tz_offset_minutes,
+                summary: m.summary.clone(),
             };
             let (sealed_meta, sealed_flags) = session.with(|k| -> Result<_> {
                 let meta = k.seal_in(g, Place::MessageMeta(new_id.as_bytes()), &meta.encode())?;

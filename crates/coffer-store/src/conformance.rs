@@ -328,6 +328,13 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
         store.get_blob(&u, &m1.blob_id).await.unwrap(),
         b"ciphertext!"
     );
+    let mut streamed = Vec::new();
+    std::io::Read::read_to_end(
+        &mut store.open_blob(&u, &m1.blob_id).await.unwrap(),
+        &mut streamed,
+    )
+    .unwrap();
+    assert_eq!(streamed, b"ciphertext!", "open_blob reads the same bytes");
     let mb = store.get_mailbox(&u, inbox).await.unwrap().unwrap();
     assert_eq!(mb.uid_next, 6);
     assert_eq!(mb.highest_modseq, ms3.get());
@@ -471,6 +478,28 @@ async fn flags_and_condstore(store: &dyn Store) {
         .await
         .unwrap();
     assert!(!again, "a second reseal changes nothing");
+
+    // The summary cache: replaced only where the seal still matches, MODSEQ untouched.
+    let n = store
+        .replace_sealed_meta(
+            &u,
+            vec![
+                (m1.msg_id, SealRef::IndexKey(Generation(1)), vec![5; 64]),
+                (m1.msg_id, SealRef::IndexKey(Generation(2)), vec![6; 64]),
+                (
+                    MsgId([0xee; 16]),
+                    SealRef::IndexKey(Generation(1)),
+                    vec![7; 64],
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "only the row with that seal");
+    let replaced = store.get_message(&u, inbox, uid1).await.unwrap().unwrap();
+    assert_eq!(replaced.sealed_meta, vec![5; 64]);
+    assert_eq!(replaced.modseq, m1.modseq, "no MODSEQ change");
+    assert_eq!(replaced.sealed_flags, Some(vec![1]), "flags untouched");
     let _ = ms;
 }
 
@@ -513,6 +542,13 @@ async fn expunge_move_and_blobs(store: &dyn Store) {
             Err(StoreError::NotFound(_))
         ),
         "blob of an expunged message is removed"
+    );
+    assert!(
+        matches!(
+            store.open_blob(&u, &m1.blob_id).await,
+            Err(StoreError::NotFound(_))
+        ),
+        "and cannot be opened as a stream"
     );
     let (none, no_ms) = store.expunge(&u, inbox, vec![uid1]).await.unwrap();
     assert!(none.is_empty() && no_ms.is_none());

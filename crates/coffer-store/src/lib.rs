@@ -29,6 +29,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// Produces a blob's bytes into a writer (see [`Store::put_blob_streamed`]).
 pub type BlobWriter = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
 
+/// A sealed blob being read (see [`Store::open_blob`]).
+pub type BlobReader = Box<dyn std::io::BufRead + Send>;
+
 /// Storage for accounts, key slots, mailboxes, messages and sealed blobs.
 ///
 /// Every method that returns `Ok` after a write has made that write durable: a crash
@@ -162,6 +165,14 @@ pub trait Store: Send + Sync + 'static {
         sealed_meta: Vec<u8>,
         empty_flags: Vec<u8>,
     ) -> Result<bool>;
+    /// Replaces the sealed metadata of messages still sealed as their `SealRef` says (the
+    /// FETCH summary cache, filled in for rows stored before it existed). No MODSEQ moves
+    /// and no change is announced: nothing a client sees changes. Returns the rows changed.
+    async fn replace_sealed_meta(
+        &self,
+        user: &UserId,
+        rows: Vec<(MsgId, SealRef, Vec<u8>)>,
+    ) -> Result<usize>;
     /// Removes messages, records them for QRESYNC, deletes blobs no longer referenced.
     /// Returns the UIDs actually removed and the new MODSEQ (None if nothing was removed).
     async fn expunge(
@@ -207,6 +218,13 @@ pub trait Store: Send + Sync + 'static {
         Ok(len)
     }
     async fn get_blob(&self, user: &UserId, blob: &BlobId) -> Result<Vec<u8>>;
+    /// A sealed blob as a reader, to be read on a blocking thread, so a large body can be
+    /// decrypted as it streams instead of read whole first. The default reads it whole.
+    async fn open_blob(&self, user: &UserId, blob: &BlobId) -> Result<BlobReader> {
+        Ok(Box::new(std::io::Cursor::new(
+            self.get_blob(user, blob).await?,
+        )))
+    }
 
     // --- maintenance --------------------------------------------------------------------
 

@@ -1346,6 +1346,33 @@ impl PgStore {
         Ok(n > 0)
     }
 
+    async fn replace_meta_once(
+        &self,
+        user: &UserId,
+        rows: &[(MsgId, SealRef, Vec<u8>)],
+    ) -> R<usize> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        let mut n = 0;
+        for (msg, seal, meta) in rows {
+            n += tx_exec(
+                &tx,
+                "UPDATE messages SET sealed_meta = $1
+                 WHERE msg_id = $2 AND user_id = $3 AND seal_kind = $4 AND seal_gen = $5",
+                &[
+                    &meta.as_slice(),
+                    &msg.as_bytes().as_slice(),
+                    &user.as_bytes().as_slice(),
+                    &i64::from(seal.kind_code()),
+                    &i64::from(seal.generation().0),
+                ],
+            )
+            .await? as usize;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     async fn expunge_once(
         &self,
         user: &UserId,
@@ -2056,6 +2083,14 @@ impl Store for PgStore {
     ) -> Result<bool> {
         self.run(|| self.reseal_once(user, msg, seal, &sealed_meta, &empty_flags))
             .await
+    }
+
+    async fn replace_sealed_meta(
+        &self,
+        user: &UserId,
+        rows: Vec<(MsgId, SealRef, Vec<u8>)>,
+    ) -> Result<usize> {
+        self.run(|| self.replace_meta_once(user, &rows)).await
     }
 
     async fn expunge(

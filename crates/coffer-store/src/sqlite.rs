@@ -122,8 +122,95 @@ pub const DB_FILE: &str = "coffer.db";
 
 struct Inner {
     dir: PathBuf,
-    writer: Mutex<Connection>,
+    /// Jobs for the writer thread, which owns the one writing connection (see
+    /// [`writer_loop`]). Dropping the last clone of the store ends the thread.
+    writer: Mutex<std::sync::mpsc::Sender<WriteJob>>,
     readers: Mutex<Vec<Connection>>,
+}
+
+/// A write to run on the writer connection; it returns what to answer once the commit it
+/// was part of has ended (`Ok` when that commit is durable).
+type WriteJob = Box<dyn FnOnce(&mut Connection) -> WriteReply + Send>;
+type WriteReply = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// At most this many writes share one commit.
+const GROUP_MAX: usize = 64;
+
+/// The writer thread: group commit. It takes every write that is waiting (up to
+/// [`GROUP_MAX`]), runs each in its own savepoint inside one `BEGIN IMMEDIATE`
+/// transaction, commits once (one WAL fsync with `synchronous=FULL`) and only then answers
+/// them all. A write that fails rolls back its own savepoint only. Writes that arrive while
+/// a commit is syncing form the next group, so a lone write waits for nothing, and many
+/// sessions writing at once share fsyncs instead of queueing one fsync each.
+fn writer_loop(mut conn: Connection, jobs: std::sync::mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        run_group(&mut conn, group);
+    }
+}
+
+fn run_group(conn: &mut Connection, group: Vec<WriteJob>) {
+    let mut open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+    let mut waiting: Vec<WriteReply> = Vec::with_capacity(group.len());
+    for job in group {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
+        let Ok(reply) = ran else {
+            // The job's sender is gone with it: its caller hears "storage task failed".
+            continue;
+        };
+        if open && conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (disk full, I/O error): nothing of
+            // this group so far was written. Say so to each, then go on in a new one.
+            for r in waiting.drain(..) {
+                r(Err(StoreError::Unavailable(
+                    "another write of the same commit failed; nothing was written".into(),
+                )));
+            }
+            reply(Err(StoreError::Unavailable(
+                "the commit was rolled back; nothing was written".into(),
+            )));
+            open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+            continue;
+        }
+        if open {
+            waiting.push(reply);
+        } else {
+            // Outside a transaction the job's own savepoint was its commit.
+            reply(Ok(()));
+        }
+    }
+    if !open {
+        return;
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => waiting.into_iter().for_each(|r| r(Ok(()))),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let e = db_err(e);
+            for r in waiting {
+                r(Err(same_error(&e)));
+            }
+        }
+    }
+}
+
+/// A copy of a commit's error for each write of the group.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
+        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+        StoreError::Corrupt { object, reason } => StoreError::Corrupt {
+            object: object.clone(),
+            reason: reason.clone(),
+        },
+        other => StoreError::Database(other.to_string()),
+    }
 }
 
 /// The embedded store. Cheap to clone; all clones share connections.
@@ -525,10 +612,15 @@ impl SqliteStore {
         let path = dir.join(DB_FILE);
         let mut conn = open_connection(&path)?;
         migrate(&mut conn)?;
+        let (jobs, queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("coffer-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, queue))
+            .map_err(|e| StoreError::io("starting the database writer", e))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                writer: Mutex::new(conn),
+                writer: Mutex::new(jobs),
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -543,21 +635,29 @@ impl SqliteStore {
         self.inner.dir.join("blobs").join(&hex[..2]).join(&hex)
     }
 
+    /// Runs `f` on the writer connection, in a savepoint of a group commit (see
+    /// [`writer_loop`]); returns once the commit that holds it is durable. `f` makes its
+    /// changes atomic with `c.savepoint()`, never with a transaction of its own.
     async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner
-                .writer
-                .lock()
-                .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: WriteJob = Box::new(move |c: &mut Connection| {
+            let out = f(c);
+            Box::new(move |commit: Result<()>| {
+                let _ = tx.send(commit.and(out));
+            })
+        });
+        self.inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("storage task failed".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T>
@@ -652,7 +752,7 @@ impl Store for SqliteStore {
     async fn create_account(&self, new: NewAccount) -> Result<Vec<MailboxRow>> {
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let a = &new.account;
             let user = a.user_id.as_bytes().as_slice();
@@ -722,7 +822,7 @@ impl Store for SqliteStore {
         let blobs = self
             .write(move |c| {
                 let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(db_err)?;
                 let u = user.as_bytes().as_slice();
                 let blobs: Vec<Vec<u8>> = {
@@ -765,9 +865,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let user = *user;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+            let tx = c.savepoint().map_err(db_err)?;
             let u = user.as_bytes().as_slice();
             let n = tx
                 .execute(
@@ -801,7 +899,7 @@ impl Store for SqliteStore {
         let user = *user;
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let u = user.as_bytes().as_slice();
             let n = tx
@@ -889,7 +987,7 @@ impl Store for SqliteStore {
     async fn put_link(&self, link: KeyringLinkRow) -> Result<()> {
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let u = link.user_id.as_bytes().as_slice();
             tx.execute(
@@ -951,9 +1049,7 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let user = *user;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+            let tx = c.savepoint().map_err(db_err)?;
             for id in &remove {
                 tx.execute(
                     "DELETE FROM slots WHERE user_id = ?1 AND slot_id = ?2",
@@ -1039,9 +1135,7 @@ impl Store for SqliteStore {
     async fn create_mailbox(&self, user: &UserId, new: NewMailbox) -> Result<MailboxRow> {
         let user = *user;
         self.write(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(db_err)?;
+            let tx = c.savepoint().map_err(db_err)?;
             let exists: bool = tx
                 .query_row(
                     "SELECT 1 FROM accounts WHERE user_id = ?1",
@@ -1092,9 +1186,7 @@ impl Store for SqliteStore {
         let user = *user;
         let gone = self
             .write(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(db_err)?;
+                let tx = c.savepoint().map_err(db_err)?;
                 let u = user.as_bytes().as_slice();
                 let blobs: Vec<Vec<u8>> = {
                     let mut stmt = tx
@@ -1143,7 +1235,7 @@ impl Store for SqliteStore {
         let user = *user;
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let (next, hms) = mailbox_counters(&tx, &user, mailbox)?;
             let modseq = hms + 1;
@@ -1327,7 +1419,7 @@ impl Store for SqliteStore {
         let user = *user;
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let (_, hms) = mailbox_counters(&tx, &user, mailbox)?;
             let modseq = hms + 1;
@@ -1399,6 +1491,40 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn replace_sealed_meta(
+        &self,
+        user: &UserId,
+        rows: Vec<(MsgId, SealRef, Vec<u8>)>,
+    ) -> Result<usize> {
+        let user = *user;
+        self.write(move |c| {
+            let tx = c.savepoint().map_err(db_err)?;
+            let mut n = 0;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE messages SET sealed_meta = ?1
+                         WHERE msg_id = ?2 AND user_id = ?3 AND seal_kind = ?4 AND seal_gen = ?5",
+                    )
+                    .map_err(db_err)?;
+                for (msg, seal, meta) in &rows {
+                    n += stmt
+                        .execute(params![
+                            meta,
+                            msg.as_bytes().as_slice(),
+                            user.as_bytes().as_slice(),
+                            seal.kind_code(),
+                            seal.generation().0
+                        ])
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(n)
+        })
+        .await
+    }
+
     async fn expunge(
         &self,
         user: &UserId,
@@ -1409,7 +1535,7 @@ impl Store for SqliteStore {
         let (removed, modseq, gone) = self
             .write(move |c| {
                 let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .savepoint()
                     .map_err(db_err)?;
                 let (_, hms) = mailbox_counters(&tx, &user, mailbox)?;
                 let modseq = hms + 1;
@@ -1461,7 +1587,7 @@ impl Store for SqliteStore {
         let user = *user;
         self.write(move |c| {
             let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let (_, from_hms) = mailbox_counters(&tx, &user, from)?;
             let (mut next, to_hms) = mailbox_counters(&tx, &user, to)?;
@@ -1590,6 +1716,24 @@ impl Store for SqliteStore {
                     StoreError::io(format!("reading blob {blob}"), e)
                 }
             })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+    }
+
+    async fn open_blob(&self, _user: &UserId, blob: &BlobId) -> Result<crate::BlobReader> {
+        let path = self.blob_path(blob);
+        let blob = *blob;
+        tokio::task::spawn_blocking(move || {
+            let file = fs::File::open(&path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    StoreError::NotFound(format!("blob {blob}"))
+                } else {
+                    StoreError::io(format!("reading blob {blob}"), e)
+                }
+            })?;
+            // A little more than one age chunk (64 KiB + tag) per read.
+            Ok(Box::new(std::io::BufReader::with_capacity(128 * 1024, file)) as crate::BlobReader)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
@@ -1811,7 +1955,7 @@ impl SqliteStore {
     pub async fn import_user(&self, u: crate::UserExport) -> Result<()> {
         self.write(move |conn| {
             let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .savepoint()
                 .map_err(db_err)?;
             let uid = u.account.user_id.as_bytes().to_vec();
             let a = &u.account;

@@ -138,6 +138,11 @@ impl Keyring {
         self.generations.insert(keys.generation, keys);
     }
 
+    /// How many keyring generations are open (the current one and any reopened).
+    pub fn generation_count(&self) -> usize {
+        self.generations.len()
+    }
+
     pub fn user_id(&self) -> &UserId {
         &self.user
     }
@@ -243,6 +248,18 @@ impl Keyring {
     ) -> Result<SecretBytes, KeyringError> {
         let k = self.keys(g)?;
         body::open_body(&k.identity, &self.user, blob, sealed)
+            .map_err(|OpenFailed| KeyringError::Tampered(format!("message blob {blob}")))
+    }
+
+    /// Opens a sealed body as it streams from `sealed` (see [`body::BodyReader`]).
+    pub fn open_body_reader<R: std::io::BufRead>(
+        &self,
+        g: Generation,
+        blob: &BlobId,
+        sealed: R,
+    ) -> Result<body::BodyReader<R>, KeyringError> {
+        let k = self.keys(g)?;
+        body::open_body_reader(&k.identity, &self.user, blob, sealed)
             .map_err(|OpenFailed| KeyringError::Tampered(format!("message blob {blob}")))
     }
 

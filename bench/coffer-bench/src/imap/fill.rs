@@ -163,6 +163,7 @@ pub async fn fill(
                 size: body.len() as u64,
                 internal_date: FIRST_DATE + 60 * i as i64,
                 tz_offset_minutes: 0,
+                summary: Some(std::sync::Arc::new(coffer_mail::mime::summary(&body))),
             };
             // The same three seals as Mail::append.
             let (generation, sealed_body, sealed_meta, sealed_flags) = session.with(|k| {

@@ -26,7 +26,29 @@
 //!
 //! Nothing here panics on any input; every function works on the raw message bytes as stored.
 
-use crate::types::{Section, SectionText};
+// Moved from coffer-imap (edition 2021): its nested ifs stay as they were rather than be
+// rewritten as let-chains.
+#![allow(clippy::collapsible_if)]
+
+/// The text part of a section specifier (RFC 9051 §6.4.5 `section-text`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SectionText {
+    Header,
+    /// HEADER.FIELDS: field names as given (compared case-insensitively).
+    HeaderFields(Vec<String>),
+    HeaderFieldsNot(Vec<String>),
+    Text,
+    /// MIME: the MIME header of a body part (only with a part number).
+    Mime,
+}
+
+/// `section` (RFC 9051 §9): a part path (`1.2.3`, empty for the whole message) and an
+/// optional text specifier. `BODY[]` is `Section { part: vec![], text: None }`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Section {
+    pub part: Vec<u32>,
+    pub text: Option<SectionText>,
+}
 
 /// Dovecot's `MESSAGE_PARSER_DEFAULT_MAX_NESTED_MIME_PARTS`: deeper parts are opaque.
 const MAX_NESTED_PARTS: u32 = 100;
@@ -1678,11 +1700,7 @@ impl<'a> Rfc<'a> {
         } else {
             ret = self.parse_mime_token(value);
         }
-        if ret < 0 {
-            -1
-        } else {
-            1
-        }
+        if ret < 0 { -1 } else { 1 }
     }
 }
 
@@ -1975,11 +1993,7 @@ impl AddrParser<'_> {
             self.addr.invalid = true;
         }
         self.add_address();
-        if ret == 0 {
-            0
-        } else {
-            1
-        }
+        if ret == 0 { 0 } else { 1 }
     }
 
     fn parse_mailbox(&mut self) -> i32 {
@@ -2602,6 +2616,26 @@ pub fn whole_message(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         std::borrow::Cow::Borrowed(raw)
     } else {
         std::borrow::Cow::Owned(nonuls(crlf(raw)))
+    }
+}
+
+/// The answers FETCH keeps in the sealed metadata (see [`crate::codec::Summary`]), from one
+/// parse of the message. A part longer than [`crate::codec::SUMMARY_PART_MAX`] is left
+/// empty: FETCH then computes it from the body.
+pub fn summary(raw: &[u8]) -> crate::codec::Summary {
+    let m = MimeMessage::parse(raw);
+    let cap = |v: Vec<u8>| {
+        if v.len() > crate::codec::SUMMARY_PART_MAX {
+            Vec::new()
+        } else {
+            v
+        }
+    };
+    crate::codec::Summary {
+        canonical: !has_bare_lf(raw) && !raw.contains(&0),
+        envelope: cap(m.envelope()),
+        body_structure: cap(m.body_structure(true)),
+        body: cap(m.body_structure(false)),
     }
 }
 
