@@ -2723,7 +2723,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn corpus() -> Vec<(String, Vec<u8>)> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        // The MIME corpus lives with the IMAP tests that compare it against Dovecot.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../coffer-imap/tests/corpus");
         let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
             .expect("tests/corpus")
             .map(|e| e.expect("entry").path())
