@@ -91,7 +91,12 @@ impl Session {
             Ok(None) => return Done::no("[NONEXISTENT] No such mailbox"),
             Err(e) => return mail_err(e),
         };
-        let entries = match self.ctx.mail.flags_view(session, mb.id).await {
+        let entries = match self
+            .ctx
+            .mail
+            .flags_view_at(session, mb.id, mb.uid_next, mb.highest_modseq)
+            .await
+        {
             Ok(v) => v,
             Err(e) => return mail_err(e),
         };
@@ -428,7 +433,11 @@ impl Session {
         });
         let needs_size = items.contains(&StatusItem::Size);
         let flags = if needs_flags {
-            Some(mail.flags_view(session, mb.id).await.map_err(mail_err)?)
+            Some(
+                mail.flags_view_at(session, mb.id, mb.uid_next, mb.highest_modseq)
+                    .await
+                    .map_err(mail_err)?,
+            )
         } else {
             None
         };

@@ -510,14 +510,13 @@ impl Session {
             .map_err(mail_err)?;
         line.extend_from_slice(format!("{{{}}}\r\n", m.size).as_bytes());
         out.take(std::mem::take(line));
-        let gone = || Done::Abort;
-        out.flush().await.map_err(|_| gone())?;
+        out.flush().await.map_err(|_| Done::Abort)?;
         let mut sent = 0u64;
         while let Some(chunk) = chunks.recv().await {
             match chunk {
                 Ok(c) => {
                     sent += c.len() as u64;
-                    out.write_direct(&c).await.map_err(|_| gone())?;
+                    out.write_direct(&c).await.map_err(|_| Done::Abort)?;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "message body failed while streaming; closing");

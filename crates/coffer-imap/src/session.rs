@@ -808,7 +808,11 @@ impl Session {
         {
             return Ok(());
         }
-        let current = self.ctx.mail.flags_view(session, sel.mailbox.id).await?;
+        let current = self
+            .ctx
+            .mail
+            .flags_view_at(session, sel.mailbox.id, row.uid_next, row.highest_modseq)
+            .await?;
         apply_changes(
             sel,
             &current,

@@ -320,7 +320,21 @@ impl Mail {
             .get_mailbox(session.user_id(), mailbox)
             .await?
             .ok_or(MailError::NoSuchMailbox)?;
-        let stamp = session.with(|k| (row.uid_next, row.highest_modseq, k.generation_count()))?;
+        self.flags_view_at(session, mailbox, row.uid_next, row.highest_modseq)
+            .await
+    }
+
+    /// [`Mail::flags_view`] for a caller that has just read the mailbox's UIDNEXT and
+    /// HIGHESTMODSEQ (SELECT, STATUS, the change check of a selected mailbox): they must
+    /// have been read before this call, so the rows it reads are at least as new.
+    pub async fn flags_view_at(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uid_next: u32,
+        highest_modseq: u64,
+    ) -> Result<Arc<Vec<FlagsEntry>>> {
+        let stamp = session.with(|k| (uid_next, highest_modseq, k.generation_count()))?;
         let hit = session.with(|k| {
             k.with_cache(|views: &mut ViewCache| {
                 views

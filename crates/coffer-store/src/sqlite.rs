@@ -124,13 +124,13 @@ struct Inner {
     dir: PathBuf,
     /// Jobs for the writer thread, which owns the one writing connection (see
     /// [`writer_loop`]). Dropping the last clone of the store ends the thread.
-    writer: Mutex<std::sync::mpsc::Sender<WriteJob>>,
+    writer: std::sync::mpsc::Sender<WriteJob>,
     readers: Mutex<Vec<Connection>>,
 }
 
-/// A write to run on the writer connection; it returns what to answer once the commit it
-/// was part of has ended (`Ok` when that commit is durable).
-type WriteJob = Box<dyn FnOnce(&mut Connection) -> WriteReply + Send>;
+/// A write to run on the writer connection; it returns whether it succeeded itself and what
+/// to answer once the commit it was part of has ended (`Ok` when that commit is durable).
+type WriteJob = Box<dyn FnOnce(&mut Connection) -> (bool, WriteReply) + Send>;
 type WriteReply = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// At most this many writes share one commit.
@@ -160,7 +160,7 @@ fn run_group(conn: &mut Connection, group: Vec<WriteJob>) {
     let mut waiting: Vec<WriteReply> = Vec::with_capacity(group.len());
     for job in group {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)));
-        let Ok(reply) = ran else {
+        let Ok((succeeded, reply)) = ran else {
             // The job's sender is gone with it: its caller hears "storage task failed".
             continue;
         };
@@ -172,9 +172,14 @@ fn run_group(conn: &mut Connection, group: Vec<WriteJob>) {
                     "another write of the same commit failed; nothing was written".into(),
                 )));
             }
-            reply(Err(StoreError::Unavailable(
-                "the commit was rolled back; nothing was written".into(),
-            )));
+            // The write that hit the failure answers with its own error (disk full, ...).
+            reply(if succeeded {
+                Err(StoreError::Unavailable(
+                    "the commit was rolled back; nothing was written".into(),
+                ))
+            } else {
+                Ok(())
+            });
             open = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
             continue;
         }
@@ -620,7 +625,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                writer: Mutex::new(jobs),
+                writer: jobs,
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -646,14 +651,15 @@ impl SqliteStore {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: WriteJob = Box::new(move |c: &mut Connection| {
             let out = f(c);
-            Box::new(move |commit: Result<()>| {
-                let _ = tx.send(commit.and(out));
-            })
+            let succeeded = out.is_ok();
+            let reply: WriteReply = Box::new(move |commit: Result<()>| {
+                // The write's own error first; its success only once the commit is durable.
+                let _ = tx.send(out.and_then(|v| commit.map(|()| v)));
+            });
+            (succeeded, reply)
         });
         self.inner
             .writer
-            .lock()
-            .map_err(|_| StoreError::Unavailable("writer lock poisoned".into()))?
             .send(job)
             .map_err(|_| StoreError::Unavailable("the database writer stopped".into()))?;
         rx.await

@@ -110,41 +110,14 @@ pub fn open_body(
     blob: &BlobId,
     sealed: &[u8],
 ) -> Result<SecretBytes, OpenFailed> {
-    let id = age_identity(identity);
-    let decryptor = age::Decryptor::new_buffered(sealed).map_err(|_| OpenFailed)?;
-    let mut reader = decryptor
-        .decrypt(std::iter::once(&id as &dyn age::Identity))
-        .map_err(|_| OpenFailed)?;
-    // Header first, then exactly the body into a buffer of its size (no shifting of a
-    // large body), then the padding read to its end so the last chunk's tag is checked.
-    let mut header = [0u8; HEADER_LEN];
-    reader.read_exact(&mut header).map_err(|_| OpenFailed)?;
-    if &header[..4] != BODY_MAGIC
-        || &header[4..36] != user.as_bytes()
-        || &header[36..52] != blob.as_bytes()
-    {
+    let mut reader = open_body_reader(identity, user, blob, sealed)?;
+    // Exactly the body into a buffer of its size (no shifting of a large body); the
+    // reader checks the padding to its end, so the last chunk's tag is verified.
+    if reader.len() > sealed.len() as u64 {
         return Err(OpenFailed);
     }
-    let len = u64::from_be_bytes(header[52..60].try_into().map_err(|_| OpenFailed)?);
-    if len > sealed.len() as u64 {
-        return Err(OpenFailed);
-    }
-    let mut plain = Zeroizing::new(Vec::with_capacity(len as usize));
-    (&mut reader)
-        .take(len)
-        .read_to_end(&mut plain)
-        .map_err(|_| OpenFailed)?;
-    if plain.len() as u64 != len {
-        return Err(OpenFailed);
-    }
-    let mut rest = [0u8; 4096];
-    loop {
-        match reader.read(&mut rest) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(_) => return Err(OpenFailed),
-        }
-    }
+    let mut plain = Zeroizing::new(Vec::with_capacity(reader.len() as usize));
+    reader.read_to_end(&mut plain).map_err(|_| OpenFailed)?;
     Ok(plain)
 }
 
