@@ -99,6 +99,9 @@ impl InternalDate {
     }
 }
 
+/// Delivered rows re-sealed at once on their first read (see `Mail::open_rows`).
+const RESEAL_BATCH: usize = 256;
+
 /// Plaintext chunk size of [`Mail::body_chunks`], and how many chunks may wait decrypted
 /// while the connection sends: about 1 MiB of plaintext in memory per streaming FETCH.
 const BODY_CHUNK: usize = 256 * 1024;
@@ -926,16 +929,28 @@ impl Mail {
     /// rows that delivery sealed to the public key.
     async fn open_rows(&self, session: &Unlocked, rows: &[MessageRow]) -> Result<Vec<Message>> {
         let mut out = Vec::with_capacity(rows.len());
+        let mut delivered = Vec::new();
         for row in rows {
             if !session.with(|k| k.has_generation(row.seal.generation()))? {
                 continue;
             }
-            let mut m = self.decode_message(session, row)?;
             if let SealRef::PublicKey(g) = row.seal {
-                self.reseal_delivered(session, &m, g).await?;
-                m.seal = SealRef::IndexKey(g);
+                delivered.push((out.len(), g));
             }
-            out.push(m);
+            out.push(self.decode_message(session, row)?);
+        }
+        // Re-seals are sent together, so the store's group commit writes a batch of them
+        // with one fsync instead of one commit each (the first read of new mail).
+        for batch in delivered.chunks(RESEAL_BATCH) {
+            futures_util::future::try_join_all(
+                batch
+                    .iter()
+                    .map(|(i, g)| self.reseal_delivered(session, &out[*i], *g)),
+            )
+            .await?;
+        }
+        for (i, g) in delivered {
+            out[i].seal = SealRef::IndexKey(g);
         }
         Ok(out)
     }

@@ -230,3 +230,68 @@ async fn a_body_streams_in_authenticated_chunks_and_tampering_stops_the_stream()
         "only good bytes came out"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_read_reseals_every_delivered_row_in_batches() {
+    let t = common::setup();
+    let s = t
+        .mail
+        .create_user("alice", PW, SecurityMode::High)
+        .await
+        .unwrap();
+    let inbox = t
+        .mail
+        .find_mailbox(&s, &MailboxName::inbox())
+        .await
+        .unwrap()
+        .unwrap();
+    let user = *s.user_id();
+    // More than one batch of re-seals (256).
+    for i in 0..300 {
+        let body = format!("Subject: n{i}\r\n\r\nbody {i}\r\n");
+        coffer_mail::deliver(
+            &t.store,
+            t.mail.vault().pepper(),
+            &user,
+            None,
+            body.as_bytes(),
+            InternalDate::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let before = t.store.list_messages(&user, inbox.id).await.unwrap();
+    assert!(
+        before
+            .iter()
+            .all(|r| matches!(r.seal, SealRef::PublicKey(_)))
+    );
+    let msgs = t.mail.messages(&s, inbox.id).await.unwrap();
+    assert_eq!(msgs.len(), 300);
+    assert!(msgs.iter().all(|m| matches!(m.seal, SealRef::IndexKey(_))));
+    let after = t.store.list_messages(&user, inbox.id).await.unwrap();
+    assert!(
+        after.iter().all(|r| matches!(r.seal, SealRef::IndexKey(_))),
+        "every row is resealed in the store"
+    );
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!((b.uid, b.modseq), (a.uid, a.modseq), "no MODSEQ moves");
+    }
+    // Each still opens, with its own subject in its summary.
+    for (i, m) in t
+        .mail
+        .messages(&s, inbox.id)
+        .await
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let env = &m.summary.as_deref().unwrap().envelope;
+        assert!(
+            env.windows(format!("\"n{i}\"").len())
+                .any(|w| w == format!("\"n{i}\"").as_bytes()),
+            "UID {}",
+            m.uid
+        );
+    }
+}
