@@ -11,7 +11,7 @@ use coffer_types::{Flag, MailboxId, MailboxName};
 use coffer_vault::{Purpose, Unlocked, VaultError};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::broadcast;
 
@@ -136,6 +136,13 @@ pub struct Session {
     /// FETCH, STORE or SEARCH by sequence number (RFC 9051 §7.5.1).
     expunge_ok: bool,
     compressed: bool,
+    /// When the account (lock key, key generation) was last read from the store:
+    /// the external epoch and the time. See [`Session::account_still_valid`].
+    account_checked: Option<(u64, Instant)>,
+    /// The same for the selected mailbox's counters ([`Session::sync_selected`]).
+    mailbox_checked: Option<(u64, Instant)>,
+    /// The command being answered is one clients poll with (NOOP, CHECK): read the store.
+    poll_now: bool,
 }
 
 fn map_mail_error(e: &MailError) -> Done {
@@ -191,6 +198,9 @@ impl Session {
             errors: 0,
             expunge_ok: true,
             compressed: false,
+            account_checked: None,
+            mailbox_checked: None,
+            poll_now: false,
         }
     }
 
@@ -469,6 +479,7 @@ impl Session {
                 | C::Store { uid: false, .. }
                 | C::Search { uid: false, .. }
         );
+        self.poll_now = matches!(command.body, C::Noop | C::Check | C::Idle);
         match &command.body {
             C::Capability | C::Noop | C::Logout | C::Id(_) => {}
             C::StartTls | C::Login { .. } | C::Authenticate { .. } => {
@@ -498,25 +509,10 @@ impl Session {
             }
         }
         // A keyring locked ("lock now"), or an account reset or deleted by another process
-        // (the CLI), ends the session: its keys no longer match the account.
-        if let Some(u) = &self.user {
-            if u.is_locked() {
-                return Done::Bye("Mailbox locked; log in again".into());
-            }
-            match self.ctx.mail.vault().locked_elsewhere(u).await {
-                Ok(true) => return Done::Bye("Mailbox locked; log in again".into()),
-                Ok(false) => {}
-                Err(_) => return Done::no("[UNAVAILABLE] Storage is unavailable, try again"),
-            }
-            let current = u.with(|k| k.current_generation()).ok();
-            match self.ctx.mail.vault().store().get_account(u.user_id()).await {
-                Ok(Some(a)) if Some(a.generation) == current => {}
-                Ok(_) => {
-                    self.ctx.mail.vault().lock(u.user_id());
-                    return Done::Bye("Account changed; log in again".into());
-                }
-                Err(_) => return Done::no("[UNAVAILABLE] Storage is unavailable, try again"),
-            }
+        // (the CLI, another node), ends the session: its keys no longer match the account.
+        // NOOP, CHECK and IDLE, the commands clients poll with, always read the store.
+        if let Some(done) = self.account_still_valid(self.poll_now).await {
+            return done;
         }
         match command.body {
             C::Capability => {
@@ -763,12 +759,61 @@ impl Session {
         }
     }
 
+    /// Whether the store must be read again to see changes made outside this process, for
+    /// a check last made at `checked`. A change made in this process reaches the session
+    /// at once (a lock wipes its keys, a mailbox write is announced on `changes`); one made
+    /// by another process shows as a new external epoch within the server's poll interval.
+    /// Past that interval the store is read anyway, in case the watcher could not read it.
+    fn stale(&self, checked: Option<(u64, Instant)>) -> bool {
+        match checked {
+            None => true,
+            Some((epoch, at)) => {
+                epoch != self.ctx.mail.changes().external_epoch()
+                    || at.elapsed() >= self.ctx.config.poll_interval
+            }
+        }
+    }
+
+    /// `None` when the logged-in keyring still matches the account; otherwise the answer
+    /// that ends the command (BYE, or NO when the store cannot be read). `force` reads the
+    /// store even when nothing announced a change.
+    async fn account_still_valid(&mut self, force: bool) -> Option<Done> {
+        let u = self.user.as_ref()?;
+        if u.is_locked() {
+            return Some(Done::Bye("Mailbox locked; log in again".into()));
+        }
+        if !force && !self.stale(self.account_checked) {
+            return None;
+        }
+        // Taken before the reads: a change announced while they run is read next time.
+        let epoch = self.ctx.mail.changes().external_epoch();
+        let at = Instant::now();
+        match self.ctx.mail.vault().locked_elsewhere(u).await {
+            Ok(true) => return Some(Done::Bye("Mailbox locked; log in again".into())),
+            Ok(false) => {}
+            Err(_) => return Some(Done::no("[UNAVAILABLE] Storage is unavailable, try again")),
+        }
+        let current = u.with(|k| k.current_generation()).ok();
+        match self.ctx.mail.vault().store().get_account(u.user_id()).await {
+            Ok(Some(a)) if Some(a.generation) == current => {}
+            Ok(_) => {
+                self.ctx.mail.vault().lock(u.user_id());
+                return Some(Done::Bye("Account changed; log in again".into()));
+            }
+            Err(_) => return Some(Done::no("[UNAVAILABLE] Storage is unavailable, try again")),
+        }
+        self.account_checked = Some((epoch, at));
+        None
+    }
+
     /// Untagged updates allowed after a command completes (RFC 9051 §7.5.1), for the
     /// selected mailbox.
     async fn updates_after_command(&mut self) -> Vec<u8> {
         let mut buf = Vec::new();
         if self.selected.is_some() {
-            let _ = self.sync_selected(self.expunge_ok, &mut buf).await;
+            let _ = self
+                .sync_selected(self.expunge_ok, self.poll_now, &mut buf)
+                .await;
         }
         buf
     }
@@ -779,12 +824,38 @@ impl Session {
     pub(crate) async fn sync_selected(
         &mut self,
         allow_expunge: bool,
+        force: bool,
         buf: &mut Vec<u8>,
     ) -> Result<(), MailError> {
-        // Drain notifications; the check below compares counters anyway.
-        if let Some(rx) = self.changes.as_mut() {
-            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
+        let Some(selected) = self.selected.as_ref().map(|s| s.mailbox.id) else {
+            return Ok(());
+        };
+        // Drain notifications: was the selected mailbox changed in this process?
+        let mut announced = force;
+        match self.changes.as_mut() {
+            None => announced = true,
+            Some(rx) => loop {
+                match rx.try_recv() {
+                    Ok(id) => announced |= id == selected,
+                    // Missed some: read the counters.
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => announced = true,
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(_) => {
+                        announced = true;
+                        break;
+                    }
+                }
+            },
         }
+        let pending = self
+            .selected
+            .as_ref()
+            .is_some_and(|s| !s.pending_expunge.is_empty());
+        if !announced && !pending && !self.stale(self.mailbox_checked) {
+            return Ok(());
+        }
+        let epoch = self.ctx.mail.changes().external_epoch();
+        let at = Instant::now();
         let Some(session) = self.user.as_ref() else {
             return Ok(());
         };
@@ -806,6 +877,7 @@ impl Session {
             && row.uid_next == sel.uid_next
             && sel.pending_expunge.is_empty()
         {
+            self.mailbox_checked = Some((epoch, at));
             return Ok(());
         }
         let current = self
@@ -823,6 +895,7 @@ impl Session {
         );
         sel.highest_modseq = row.highest_modseq;
         sel.uid_next = row.uid_next;
+        self.mailbox_checked = Some((epoch, at));
         Ok(())
     }
 
@@ -853,7 +926,7 @@ impl Session {
                     line.clear();
                     let mut tail = Vec::new();
                     if self.selected.is_some() {
-                        let _ = self.sync_selected(true, &mut tail).await;
+                        let _ = self.sync_selected(true, true, &mut tail).await;
                     }
                     if done {
                         tail.extend_from_slice(format!("{tag} OK IDLE terminated\r\n").as_bytes());
@@ -889,7 +962,7 @@ impl Session {
                 }
             }
             if check_mailbox && self.selected.is_some() {
-                let _ = self.sync_selected(true, &mut buf).await;
+                let _ = self.sync_selected(true, true, &mut buf).await;
             }
             if !buf.is_empty() {
                 write_now(reader, &buf).await?;

@@ -636,6 +636,88 @@ async fn idle_hears_of_deliveries_made_by_another_process_within_a_second() {
     a.until_tagged("a2").await;
 }
 
+/// Sessions read the store again only when something may have changed (an announcement in
+/// this process, another process's commit, or the poll interval passing): a busy session
+/// that never sends NOOP must still see every change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_session_sees_changes_from_here_and_from_other_processes() {
+    let s = server().await;
+    let mut a = Client::login(s.addr, "alice").await;
+    a.ok("a1", "SELECT INBOX").await;
+    let mut b = Client::login(s.addr, "alice").await;
+    append(&mut b, "INBOX", "", &message("from here", "x")).await;
+    // In this process: at the very next command, whatever it is.
+    let r = a.ok("a2", "UID SEARCH ALL").await;
+    assert!(has(&r, "* 1 EXISTS"), "{r:?}");
+
+    // Another process delivers: seen within the poll interval (500 ms) and the watcher's.
+    let other = coffer_store::sqlite::SqliteStore::open(&s.dir).unwrap();
+    let pepper = coffer_vault::Pepper::from_bytes(s.pepper);
+    let user = s.mail.vault().user_id("alice").unwrap();
+    coffer_mail::deliver(
+        &other,
+        &pepper,
+        &user,
+        None,
+        message("from outside", "z").as_bytes(),
+        coffer_mail::InternalDate::now(),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = a.ok(&format!("s{n}"), "UID SEARCH ALL").await;
+        if has(&r, "* 2 EXISTS") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the other process's delivery was not seen: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Another node locks the account: the busy session ends without a NOOP.
+    let vault = coffer_vault::Vault::new(
+        std::sync::Arc::new(other),
+        std::sync::Arc::new(pepper),
+        coffer_vault::VaultConfig {
+            kdf: coffer_vault::kdf::INSECURE_TEST_PARAMS,
+            argon2_concurrency: 1,
+            grace: Duration::ZERO,
+            recovery_key: None,
+        },
+    );
+    vault.lock_everywhere(&user).await.unwrap();
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        a.send(format!("f{n} UID SEARCH ALL\r\n").as_bytes()).await;
+        let l = a.until_tagged_or_bye(&format!("f{n}")).await;
+        if l.iter().any(|l| l.starts_with("* BYE")) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the lock on another node did not end the session: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_per_user_are_limited() {
     let s = server_with(ImapConfig {

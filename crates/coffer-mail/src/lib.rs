@@ -667,6 +667,8 @@ impl Mail {
                 self.store()
                     .move_messages(session.user_id(), source.id, uids, target.id)
                     .await?;
+                self.changed(session, source.id);
+                self.changed(session, target.id);
             }
             return self.get_mailbox(session, target.id).await;
         }

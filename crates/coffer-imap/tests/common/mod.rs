@@ -184,6 +184,19 @@ impl Client {
         }
     }
 
+    /// Like `until_tagged`, but also returns at an untagged BYE or when the server closes.
+    pub async fn until_tagged_or_bye(&mut self, tag: &str) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.line().await;
+            let done = l.is_empty() || l.starts_with("* BYE") || l.starts_with(&format!("{tag} "));
+            lines.push(l);
+            if done {
+                return lines;
+            }
+        }
+    }
+
     pub async fn ok(&mut self, tag: &str, command: &str) -> Vec<String> {
         let lines = self.cmd(tag, command).await;
         let last = lines.last().unwrap();
