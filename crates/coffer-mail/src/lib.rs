@@ -188,6 +188,32 @@ const FLAGS_CACHE_MAX: usize = 300_000;
 /// they were read at (see [`Mail::flags_view`]); at most [`FLAGS_CACHE_MAX`] entries in all.
 type ViewCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<Vec<FlagsEntry>>)>;
 
+/// `old` (a view in UID order) with the rows of `changed_uids` and `gone` taken out and
+/// `fresh` (the changed rows' entries, in UID order) put in: the view as of now.
+fn apply_changes(
+    old: &[FlagsEntry],
+    changed_uids: &[Uid],
+    gone: &[Uid],
+    fresh: Vec<FlagsEntry>,
+) -> Vec<FlagsEntry> {
+    let gone: std::collections::HashSet<Uid> = gone.iter().copied().collect();
+    let drop: std::collections::HashSet<Uid> = changed_uids.iter().chain(&gone).copied().collect();
+    let mut out = Vec::with_capacity(old.len() + fresh.len());
+    // A row read as changed and then expunged is in both lists: it is gone.
+    let mut fresh = fresh
+        .into_iter()
+        .filter(|f| !gone.contains(&f.uid))
+        .peekable();
+    for e in old.iter().filter(|e| !drop.contains(&e.uid)) {
+        while let Some(f) = fresh.next_if(|f| f.uid < e.uid) {
+            out.push(f);
+        }
+        out.push(e.clone());
+    }
+    out.extend(fresh);
+    out
+}
+
 fn decrypt_flags(k: &Keyring, rows: &[coffer_store::FlagRow]) -> Result<Vec<FlagsEntry>> {
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
@@ -349,7 +375,30 @@ impl Mail {
         if let Some(view) = hit {
             return Ok(view);
         }
-        let view = Arc::new(self.read_flags_view(session, mailbox).await?);
+        // A view of an earlier state with the same keys: read only what changed since
+        // (every change raises a row's MODSEQ or leaves an expunge record above it).
+        let earlier = session.with(|k| {
+            k.with_cache(|views: &mut ViewCache| {
+                views
+                    .get(&mailbox)
+                    .filter(|((u, m, g), _)| {
+                        *g == stamp.2 && *u <= uid_next && *m <= highest_modseq
+                    })
+                    .map(|((_, m, _), v)| (*m, v.clone()))
+            })
+        })?;
+        let view = Arc::new(match earlier {
+            Some((since, old)) => {
+                let (changed, gone) = self
+                    .store()
+                    .flags_changed_since(session.user_id(), mailbox, since)
+                    .await?;
+                let changed_uids: Vec<Uid> = changed.iter().map(|r| r.uid).collect();
+                let fresh = self.flags_entries(session, mailbox, changed).await?;
+                apply_changes(&old, &changed_uids, &gone, fresh)
+            }
+            None => self.read_flags_view(session, mailbox).await?,
+        });
         session.with(|k| {
             k.with_cache(|views: &mut ViewCache| {
                 let held: usize = views.values().map(|(_, v)| v.len()).sum();
@@ -369,6 +418,17 @@ impl Mail {
         mailbox: MailboxId,
     ) -> Result<Vec<FlagsEntry>> {
         let rows = self.store().list_flags(session.user_id(), mailbox).await?;
+        self.flags_entries(session, mailbox, rows).await
+    }
+
+    /// The flags of `rows` (in UID order), decrypting what the flags cache lacks; rows
+    /// of generations the keyring cannot open are left out.
+    async fn flags_entries(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        rows: Vec<coffer_store::FlagRow>,
+    ) -> Result<Vec<FlagsEntry>> {
         // Flags decrypted earlier for the same message at the same MODSEQ are taken from
         // the keyring's cache (wiped with the keys); only the rest is decrypted.
         let (known, missing): (Vec<(Uid, Option<FlagsEntry>)>, Vec<coffer_store::FlagRow>) =

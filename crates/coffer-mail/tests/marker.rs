@@ -125,6 +125,16 @@ async fn no_marker_appears_anywhere_in_the_data_directory() {
             .await
             .unwrap();
     }
+    // One message large enough to be a blob file rather than a row (coffer-store's
+    // INLINE_BLOB_MAX is 96 KiB), so both places a body can be stored are scanned.
+    let mut large = msg.clone();
+    while large.len() < 150 * 1024 {
+        large.extend_from_slice(format!("{body_m} dolor sit amet\r\n").as_bytes());
+    }
+    t.mail
+        .append(&s, mbox.id, &large, &[], InternalDate::now())
+        .await
+        .unwrap();
     let inbox = t
         .mail
         .find_mailbox(&s, &MailboxName::inbox())

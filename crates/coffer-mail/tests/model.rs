@@ -13,6 +13,34 @@ fn name(s: &str) -> MailboxName {
     MailboxName::new(s).unwrap()
 }
 
+/// A new user "alice", her session, INBOX and Trash.
+async fn alice_with_inbox_and_trash(
+    t: &common::Setup,
+) -> (
+    coffer_vault::Unlocked,
+    coffer_mail::Mailbox,
+    coffer_mail::Mailbox,
+) {
+    let s = t
+        .mail
+        .create_user("alice", PW, SecurityMode::High)
+        .await
+        .unwrap();
+    let inbox = t
+        .mail
+        .find_mailbox(&s, &MailboxName::inbox())
+        .await
+        .unwrap()
+        .unwrap();
+    let trash = t
+        .mail
+        .find_mailbox(&s, &name("Trash"))
+        .await
+        .unwrap()
+        .unwrap();
+    (s, inbox, trash)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn new_users_get_inbox_and_special_use_mailboxes() {
     let t = common::setup();
@@ -185,23 +213,7 @@ async fn renaming_inbox_moves_its_messages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn append_flags_expunge_copy_move() {
     let t = common::setup();
-    let s = t
-        .mail
-        .create_user("alice", PW, SecurityMode::High)
-        .await
-        .unwrap();
-    let inbox = t
-        .mail
-        .find_mailbox(&s, &MailboxName::inbox())
-        .await
-        .unwrap()
-        .unwrap();
-    let trash = t
-        .mail
-        .find_mailbox(&s, &name("Trash"))
-        .await
-        .unwrap()
-        .unwrap();
+    let (s, inbox, trash) = alice_with_inbox_and_trash(&t).await;
     let body = b"From: a@example.org\r\nSubject: hello\r\n\r\nHello world\r\n";
     let date = coffer_mail::InternalDate {
         timestamp: 1_700_000_000,
@@ -576,4 +588,113 @@ async fn tampered_rows_are_reported_by_object_never_garbage() {
     let (n, problems) = t.mail.check_user(&s).await.unwrap();
     assert_eq!(n, 2);
     assert_eq!(problems.len(), 2, "{problems:?}");
+}
+
+/// The mailbox view that SELECT and the change checks use is kept between calls and
+/// brought up to date from what changed since (rows above its MODSEQ, expunge records):
+/// after every kind of change, in any order, it equals the mailbox read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kept_mailbox_view_follows_every_kind_of_change() {
+    let t = common::setup();
+    let (s, inbox, trash) = alice_with_inbox_and_trash(&t).await;
+    let date = InternalDate::now();
+    let body = b"From: a@example.org\r\nSubject: view\r\n\r\nbody\r\n";
+    for _ in 0..5 {
+        t.mail.append(&s, inbox.id, body, &[], date).await.unwrap();
+    }
+    let whole = |mut m: Vec<coffer_mail::Message>| {
+        m.iter_mut().for_each(|m| m.flags.sort());
+        m.into_iter()
+            .map(|m| (m.uid, m.modseq, m.flags))
+            .collect::<Vec<_>>()
+    };
+    let flags = [
+        Flag::Seen,
+        Flag::Flagged,
+        Flag::Deleted,
+        Flag::Keyword("$Work".into()),
+    ];
+    let mut kinds = std::collections::BTreeSet::new();
+    for step in 0..120 {
+        let view = t.mail.flags_view(&s, inbox.id).await.unwrap();
+        let uids: Vec<_> = view.iter().map(|e| e.uid).collect();
+        let pick = |n: u64| uids[(n % uids.len().max(1) as u64) as usize];
+        let r: u64 = rand::random();
+        let kind = if uids.len() < 3 { 0 } else { r % 7 };
+        kinds.insert(kind);
+        match kind {
+            0 => {
+                t.mail
+                    .append(&s, inbox.id, body, &[Flag::Seen], date)
+                    .await
+                    .unwrap();
+            }
+            1 | 2 => {
+                let op = [FlagOp::Add, FlagOp::Remove, FlagOp::Replace][(r / 7 % 3) as usize];
+                let f = flags[(r / 21 % 4) as usize].clone();
+                t.mail
+                    .store_flags(&s, inbox.id, &[pick(r / 84), pick(r / 97)], op, &[f], None)
+                    .await
+                    .unwrap();
+            }
+            3 => {
+                t.mail
+                    .expunge(&s, inbox.id, vec![pick(r / 7)])
+                    .await
+                    .unwrap();
+            }
+            4 => {
+                t.mail
+                    .move_messages(&s, inbox.id, &[pick(r / 7)], trash.id)
+                    .await
+                    .unwrap();
+                let back: Vec<_> = t
+                    .mail
+                    .messages(&s, trash.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|m| m.uid)
+                    .collect();
+                if r.is_multiple_of(2) {
+                    t.mail
+                        .move_messages(&s, trash.id, &back[..1], inbox.id)
+                        .await
+                        .unwrap();
+                }
+            }
+            5 => {
+                t.mail
+                    .copy(&s, inbox.id, &[pick(r / 7)], inbox.id)
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                // Delivery seals to the public key; the first read re-seals the row.
+                coffer_mail::deliver(
+                    &t.store,
+                    t.mail.vault().pepper(),
+                    s.user_id(),
+                    None,
+                    body,
+                    date,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let view = t.mail.flags_view(&s, inbox.id).await.unwrap();
+        let mut got: Vec<_> = view
+            .iter()
+            .map(|e| {
+                let mut f = e.flags.clone();
+                f.sort();
+                (e.uid, e.modseq, f)
+            })
+            .collect();
+        got.sort_by_key(|e| e.0);
+        let want = whole(t.mail.messages(&s, inbox.id).await.unwrap());
+        assert_eq!(got, want, "after step {step} (kind {kind})");
+    }
+    assert!(kinds.len() >= 6, "every kind of change ran: {kinds:?}");
 }

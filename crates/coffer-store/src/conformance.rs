@@ -94,6 +94,7 @@ pub async fn run_all(store: &dyn Store) {
     expunge_move_and_blobs(store).await;
     reset_and_links(store).await;
     delete_account_removes_everything(store).await;
+    blobs_small_and_large(store).await;
     check_reports_missing_blobs(store).await;
 }
 
@@ -714,4 +715,61 @@ async fn check_reports_missing_blobs(store: &dyn Store) {
     store.put_blob(&u, &orphan, vec![1, 2, 3]).await.unwrap();
     assert_eq!(store.sweep_orphans(0).await.unwrap(), 1);
     assert!(store.get_blob(&u, &orphan).await.is_err());
+}
+
+/// Blobs on both sides of the embedded store's inline limit, streamed in small pieces,
+/// read back whole and as a stream, checked, and removed with their rows.
+async fn blobs_small_and_large(store: &dyn Store) {
+    let u = user(10);
+    let boxes = new_account(store, u).await;
+    let mut appended = Vec::new();
+    for size in [1_000usize, 300 * 1024] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let m = NewMessage {
+            blob_len: size as u64,
+            ..message()
+        };
+        let pieces = data.clone();
+        let len = store
+            .put_blob_streamed(
+                &u,
+                &m.blob_id,
+                Box::new(move |w| {
+                    for piece in pieces.chunks(997) {
+                        w.write_all(piece)?;
+                    }
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(len, size as u64, "streamed length of a {size}-byte blob");
+        assert_eq!(store.get_blob(&u, &m.blob_id).await.unwrap(), data);
+        let mut streamed = Vec::new();
+        std::io::Read::read_to_end(
+            &mut store.open_blob(&u, &m.blob_id).await.unwrap(),
+            &mut streamed,
+        )
+        .unwrap();
+        assert_eq!(streamed, data, "open_blob of a {size}-byte blob");
+        let (uids, _) = store
+            .append(&u, boxes[0].id, vec![m.clone()])
+            .await
+            .unwrap();
+        appended.push((m, uids[0]));
+    }
+    assert_eq!(store.check().await.unwrap(), Vec::<String>::new());
+    let uids = appended.iter().map(|(_, uid)| *uid).collect();
+    store.expunge(&u, boxes[0].id, uids).await.unwrap();
+    for (m, _) in &appended {
+        assert!(
+            matches!(
+                store.get_blob(&u, &m.blob_id).await,
+                Err(StoreError::NotFound(_))
+            ),
+            "an expunged message's blob of {} bytes is gone",
+            m.blob_len
+        );
+    }
+    assert!(store.delete_account(&u).await.unwrap());
 }

@@ -136,6 +136,22 @@ pub trait Store: Send + Sync + 'static {
     /// UIDs, MODSEQs and sealed flags of a mailbox in UID order, without the metadata:
     /// what opening a mailbox needs, cheaply.
     async fn list_flags(&self, user: &UserId, mailbox: MailboxId) -> Result<Vec<FlagRow>>;
+    /// What changed in a mailbox since MODSEQ `since`: the rows whose MODSEQ is above it
+    /// (appended, moved in, flags changed), in UID order, and the UIDs expunged or moved
+    /// away with a MODSEQ above it. The rows are read before the expunged UIDs, so a row
+    /// expunged meanwhile is in the second list. Applied to a view of the mailbox as of
+    /// `since`, it gives the view as of now. The default filters [`Store::list_flags`].
+    async fn flags_changed_since(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        since: u64,
+    ) -> Result<(Vec<FlagRow>, Vec<Uid>)> {
+        let mut rows = self.list_flags(user, mailbox).await?;
+        rows.retain(|r| r.modseq.get() > since);
+        let gone = self.expunged_since(user, mailbox, since).await?;
+        Ok((rows, gone))
+    }
     async fn get_message(
         &self,
         user: &UserId,

@@ -1,19 +1,22 @@
-//! The embedded backend: SQLite in WAL mode for rows, one file per sealed blob.
+//! The embedded backend: SQLite in WAL mode for rows and small sealed blobs, one file per
+//! larger sealed blob.
 //!
 //! Layout of the data directory (docs/FORMAT.md describes every byte):
 //!
 //! ```text
 //! coffer-data/
-//!   coffer.db, coffer.db-wal, coffer.db-shm   rows (SQLite, WAL, synchronous=FULL)
+//!   coffer.db, coffer.db-wal, coffer.db-shm   rows and blobs up to INLINE_BLOB_MAX
+//!                                              (SQLite, WAL, synchronous=FULL)
 //!   blobs/tmp/                                 blobs being written (ciphertext only)
-//!   blobs/<2 hex>/<32 hex>                     sealed message blobs, named by random id
+//!   blobs/<2 hex>/<32 hex>                     larger sealed blobs, named by random id
 //! ```
 //!
-//! Durability (the promise of [`crate::Store`]): a blob is written to `blobs/tmp`, fsync'd,
-//! renamed into place and its directory fsync'd before the row that references it is
-//! committed; commits are durable because WAL mode with `synchronous=FULL` syncs the WAL
-//! on every commit (<https://www.sqlite.org/pragma.html#pragma_synchronous>). A crash
-//! between blob and row leaves an unreferenced blob, removed by [`Store::sweep_orphans`].
+//! Durability (the promise of [`crate::Store`]): a small blob is committed to the `blobs`
+//! table, a larger one written to `blobs/tmp`, fsync'd, renamed into place and its
+//! directory fsync'd, before the row that references it is committed; commits are durable
+//! because WAL mode with `synchronous=FULL` syncs the WAL on every commit
+//! (<https://www.sqlite.org/pragma.html#pragma_synchronous>). A crash between blob and row
+//! leaves an unreferenced blob, removed by [`Store::sweep_orphans`].
 //!
 //! Several processes may use one data directory at once (the CLI beside `coffer serve`):
 //! SQLite serialises writers, and every write transaction starts `IMMEDIATE`.
@@ -35,7 +38,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Schema version written to `PRAGMA user_version`; see docs/FORMAT.md for migrations.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Blobs up to this many bytes are stored inside the database (table `blobs`, schema 2);
+/// larger ones are files under `blobs/`. SQLite's own measurements ("Internal Versus
+/// External BLOBs", sqlite.org/intern-v-extern-blob.html) find reads from the database
+/// faster than from separate files for blobs under about 100 KB; for Coffer the larger
+/// gain is on the write side: a small APPEND or delivery then writes no file (no inode
+/// allocation, rename and directory fsync) and its blob shares the group commit
+/// ([`writer_loop`]) like any other write. A sealed 10 KiB message is about 10.5 KB.
+pub const INLINE_BLOB_MAX: usize = 96 * 1024;
 
 const SCHEMA_V1: &str = r#"
 CREATE TABLE meta (
@@ -115,6 +127,58 @@ CREATE TABLE expunged (
     modseq     INTEGER NOT NULL,
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
+"#;
+
+/// Space kept free on the data directory's filesystem: a new blob that would leave less
+/// is refused as disk full. Without it the disk could fill to the last byte with mail,
+/// and then the very writes that free space (EXPUNGE, a deleted mailbox) could not commit,
+/// since SQLite needs room in its WAL for them (with `secure_delete` an expunge also
+/// writes the zeroed pages of what it deletes). Postfix keeps a reserve the same way
+/// (`queue_minfree`). The reserve is 8 MiB for the WAL (SQLite checkpoints it into the
+/// database file at 1,000 pages, about 4 MiB, so the file grows by up to that much after
+/// the space was checked; <https://www.sqlite.org/wal.html#automatic_checkpoint>) plus a
+/// sixteenth of the filesystem, at most 120 MiB, for expunges.
+pub const fn free_space_reserve(filesystem_bytes: u64) -> u64 {
+    let sixteenth = filesystem_bytes / 16;
+    let share = if sixteenth < 120 << 20 {
+        sixteenth
+    } else {
+        120 << 20
+    };
+    (8 << 20) + share
+}
+
+/// Refuses a new blob of `need` bytes when it would leave less than the reserve free.
+/// `reusable` is room the blob can use besides the filesystem's free space (free pages
+/// inside the database, for a blob stored there).
+fn check_free_space(dir: &Path, need: u64, reusable: u64) -> Result<()> {
+    let st = rustix::fs::statvfs(dir)
+        .map_err(|e| StoreError::io("reading the free space of the data directory", e.into()))?;
+    let block = st.f_frsize.max(1);
+    let avail = st.f_bavail.saturating_mul(block).saturating_add(reusable);
+    let reserve = free_space_reserve(st.f_blocks.saturating_mul(block));
+    if avail < reserve.saturating_add(need) {
+        return Err(StoreError::DiskFull(format!(
+            "storing a message: {} KiB free, {} KiB are kept free for expunges and flag changes",
+            avail / 1024,
+            reserve / 1024
+        )));
+    }
+    Ok(())
+}
+
+/// Schema 2: small sealed blobs inside the database (see [`INLINE_BLOB_MAX`]; blobs
+/// written before stay files, a reader looks here first, then in `blobs/`), and indexes of
+/// messages and expunge records by MODSEQ, so what changed since a MODSEQ is found
+/// without reading the whole mailbox ([`Store::flags_changed_since`], QRESYNC).
+const SCHEMA_V2: &str = r#"
+CREATE TABLE blobs (
+    blob_id BLOB NOT NULL UNIQUE,
+    created INTEGER NOT NULL,
+    data    BLOB NOT NULL
+);
+CREATE INDEX messages_by_modseq ON messages (mailbox_id, modseq);
+CREATE INDEX expunged_by_modseq ON expunged (mailbox_id, modseq);
 "#;
 
 /// Name of the SQLite file inside the data directory.
@@ -475,14 +539,8 @@ fn message_decode(raw: RawMessage) -> Result<MessageRow> {
         Generation(u32::try_from(seal_gen).map_err(|_| corrupt(&object, "generation"))?);
     Ok(MessageRow {
         mailbox: MailboxId(mailbox),
-        uid: u32::try_from(uid)
-            .ok()
-            .and_then(Uid::new)
-            .ok_or_else(|| corrupt(&object, "uid"))?,
-        modseq: u64::try_from(modseq)
-            .ok()
-            .and_then(ModSeq::new)
-            .ok_or_else(|| corrupt(&object, "modseq"))?,
+        uid: uid_of(uid, &object)?,
+        modseq: modseq_of(modseq, &object)?,
         msg_id: MsgId(blob_from(msg_id, &object)?),
         blob_id: BlobId(blob_from(blob_id, &object)?),
         blob_len: u64::try_from(blob_len).map_err(|_| corrupt(&object, "blob length"))?,
@@ -590,9 +648,15 @@ fn mailbox_counters(tx: &Connection, user: &UserId, mailbox: MailboxId) -> Resul
 }
 
 /// Blob ids among `candidates` that no message row references any more.
+/// Of `candidates`, the blobs no message references any more. Those stored inside the
+/// database are deleted here, in the caller's savepoint (atomic with the rows that
+/// referenced them); the rest are returned: files for the caller to remove after commit.
 fn unreferenced(tx: &Connection, candidates: &[Vec<u8>]) -> Result<Vec<BlobId>> {
     let mut stmt = tx
         .prepare_cached("SELECT 1 FROM messages WHERE blob_id = ?1 LIMIT 1")
+        .map_err(db_err)?;
+    let mut inline = tx
+        .prepare_cached("DELETE FROM blobs WHERE blob_id = ?1")
         .map_err(db_err)?;
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -601,9 +665,48 @@ fn unreferenced(tx: &Connection, candidates: &[Vec<u8>]) -> Result<Vec<BlobId>> 
             continue;
         }
         let used = stmt.exists(params![c]).map_err(db_err)?;
-        if !used {
+        if !used && inline.execute(params![c]).map_err(db_err)? == 0 {
             out.push(BlobId(blob_from(c.clone(), "blob")?));
         }
+    }
+    Ok(out)
+}
+
+fn uid_of(v: i64, object: &str) -> Result<Uid> {
+    u32::try_from(v)
+        .ok()
+        .and_then(Uid::new)
+        .ok_or_else(|| corrupt(object, "uid"))
+}
+
+fn modseq_of(v: i64, object: &str) -> Result<ModSeq> {
+    u64::try_from(v)
+        .ok()
+        .and_then(ModSeq::new)
+        .ok_or_else(|| corrupt(object, "modseq"))
+}
+
+/// Rows of `SELECT uid, modseq, msg_id, seal_kind, seal_gen, sealed_flags`.
+fn flag_rows(mailbox: MailboxId, mut rows: rusqlite::Rows<'_>) -> Result<Vec<FlagRow>> {
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db_err)? {
+        let uid: i64 = r.get(0).map_err(db_err)?;
+        let modseq: i64 = r.get(1).map_err(db_err)?;
+        let msg_id: Vec<u8> = r.get(2).map_err(db_err)?;
+        let kind: i64 = r.get(3).map_err(db_err)?;
+        let generation: i64 = r.get(4).map_err(db_err)?;
+        let object = format!("message {mailbox}/{uid}");
+        out.push(FlagRow {
+            uid: uid_of(uid, &object)?,
+            modseq: modseq_of(modseq, &object)?,
+            msg_id: MsgId(blob_from(msg_id, &object)?),
+            seal: u8::try_from(kind)
+                .ok()
+                .zip(u32::try_from(generation).ok())
+                .and_then(|(k, g)| SealRef::from_parts(k, Generation(g)))
+                .ok_or_else(|| corrupt(&object, "seal kind"))?,
+            sealed_flags: r.get(5).map_err(db_err)?,
+        });
     }
     Ok(out)
 }
@@ -690,6 +793,33 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
 
+    /// Stores a small blob inside the database, in a group commit; durable on return.
+    /// Writing a blob id again replaces its bytes (ids are random and written once; a
+    /// retry writes the same bytes).
+    async fn put_inline_blob(&self, blob: &BlobId, data: Vec<u8>) -> Result<()> {
+        let blob = *blob;
+        let dir = self.inner.dir.clone();
+        self.write(move |c| {
+            let free_pages: i64 = c
+                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .map_err(db_err)?;
+            let page: i64 = c
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .map_err(db_err)?;
+            let reusable = u64::try_from(free_pages.saturating_mul(page)).unwrap_or(0);
+            check_free_space(&dir, data.len() as u64, reusable)?;
+            c.prepare_cached(
+                "INSERT INTO blobs (blob_id, created, data) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (blob_id) DO UPDATE SET data = excluded.data, created = excluded.created",
+            )
+            .map_err(db_err)?
+            .execute(params![blob.as_bytes().as_slice(), now(), data])
+            .map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
     fn remove_blobs(&self, blobs: &[BlobId]) {
         for b in blobs {
             // A blob that cannot be removed now is an orphan; sweep_orphans retries later.
@@ -708,16 +838,21 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             known: SCHEMA_VERSION,
         });
     }
-    if version == 0 {
+    if version < SCHEMA_VERSION {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(db_err)?;
-        // Another process may have created the schema while we waited for the lock.
+        // Another process may have migrated while we waited for the lock.
         let again: u32 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(db_err)?;
-        if again == 0 {
+        if again < 1 {
             tx.execute_batch(SCHEMA_V1).map_err(db_err)?;
+        }
+        if again < 2 {
+            tx.execute_batch(SCHEMA_V2).map_err(db_err)?;
+        }
+        if again < SCHEMA_VERSION {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(db_err)?;
         }
@@ -851,11 +986,9 @@ impl Store for SqliteStore {
                 tx.execute("DELETE FROM keyring_links WHERE user_id = ?1", params![u]).map_err(db_err)?;
                 tx.execute("DELETE FROM keyrings WHERE user_id = ?1", params![u]).map_err(db_err)?;
                 let n = tx.execute("DELETE FROM accounts WHERE user_id = ?1", params![u]).map_err(db_err)?;
+                // Blobs inside the database go with the rows; files are removed after.
+                let ids = unreferenced(&tx, &blobs)?;
                 tx.commit().map_err(db_err)?;
-                let ids = blobs
-                    .into_iter()
-                    .map(|b| blob_from(b, "blob").map(BlobId))
-                    .collect::<Result<Vec<_>>>()?;
                 Ok((n > 0, ids))
             })
             .await?;
@@ -1360,36 +1493,57 @@ impl Store for SqliteStore {
                      WHERE mailbox_id = ?1 AND user_id = ?2 ORDER BY uid",
                 )
                 .map_err(db_err)?;
-            let mut rows = stmt
-                .query(params![mailbox.0, user.as_bytes().as_slice()])
+            flag_rows(
+                mailbox,
+                stmt.query(params![mailbox.0, user.as_bytes().as_slice()])
+                    .map_err(db_err)?,
+            )
+        })
+        .await
+    }
+
+    async fn flags_changed_since(
+        &self,
+        user: &UserId,
+        mailbox: MailboxId,
+        since: u64,
+    ) -> Result<(Vec<FlagRow>, Vec<Uid>)> {
+        let user = *user;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let u = user.as_bytes().as_slice();
+            // By the MODSEQ index (a range of the few changed rows), then put in UID order
+            // here: with `ORDER BY uid` SQLite would rather walk the whole mailbox by key.
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT uid, modseq, msg_id, seal_kind, seal_gen, sealed_flags
+                     FROM messages INDEXED BY messages_by_modseq
+                     WHERE mailbox_id = ?1 AND modseq > ?3 AND user_id = ?2",
+                )
                 .map_err(db_err)?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next().map_err(db_err)? {
-                let uid: i64 = r.get(0).map_err(db_err)?;
-                let modseq: i64 = r.get(1).map_err(db_err)?;
-                let msg_id: Vec<u8> = r.get(2).map_err(db_err)?;
-                let kind: i64 = r.get(3).map_err(db_err)?;
-                let generation: i64 = r.get(4).map_err(db_err)?;
-                let object = format!("message {mailbox}/{uid}");
-                out.push(FlagRow {
-                    uid: u32::try_from(uid)
-                        .ok()
-                        .and_then(Uid::new)
-                        .ok_or_else(|| corrupt(&object, "uid"))?,
-                    modseq: u64::try_from(modseq)
-                        .ok()
-                        .and_then(ModSeq::new)
-                        .ok_or_else(|| corrupt(&object, "modseq"))?,
-                    msg_id: MsgId(blob_from(msg_id, &object)?),
-                    seal: u8::try_from(kind)
-                        .ok()
-                        .zip(u32::try_from(generation).ok())
-                        .and_then(|(k, g)| SealRef::from_parts(k, Generation(g)))
-                        .ok_or_else(|| corrupt(&object, "seal kind"))?,
-                    sealed_flags: r.get(5).map_err(db_err)?,
-                });
-            }
-            Ok(out)
+            let mut rows = flag_rows(
+                mailbox,
+                stmt.query(params![mailbox.0, u, since]).map_err(db_err)?,
+            )?;
+            rows.sort_by_key(|r| r.uid);
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT e.uid FROM expunged e INDEXED BY expunged_by_modseq
+                     JOIN mailboxes m ON m.id = e.mailbox_id
+                     WHERE e.mailbox_id = ?1 AND m.user_id = ?2 AND e.modseq > ?3",
+                )
+                .map_err(db_err)?;
+            let gone: Vec<i64> = stmt
+                .query_map(params![mailbox.0, u, since], |r| r.get(0))
+                .map_err(db_err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(db_err)?;
+            Ok((
+                rows,
+                gone.into_iter()
+                    .filter_map(|u| u32::try_from(u).ok().and_then(Uid::new))
+                    .collect(),
+            ))
         })
         .await
     }
@@ -1666,6 +1820,10 @@ impl Store for SqliteStore {
     }
 
     async fn put_blob(&self, _user: &UserId, blob: &BlobId, data: Vec<u8>) -> Result<()> {
+        if data.len() <= INLINE_BLOB_MAX {
+            return self.put_inline_blob(blob, data).await;
+        }
+        check_free_space(&self.inner.dir, data.len() as u64, 0)?;
         let final_path = self.blob_path(blob);
         let tmp_dir = self.inner.dir.join("blobs").join("tmp");
         let tmp_path = tmp_dir.join(format!("{}.tmp", blob.to_hex()));
@@ -1700,49 +1858,69 @@ impl Store for SqliteStore {
             .join("blobs")
             .join("tmp")
             .join(format!("{}.tmp", blob.to_hex()));
-        tokio::task::spawn_blocking(move || {
-            let result = write_blob_with(&tmp_path, &final_path, write);
+        let dir = self.inner.dir.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            // The size is known only at the end. A blob that stays small is checked where
+            // it is stored (with the database's free pages); one that becomes a file is
+            // checked when it spills over and again with its length before it is kept.
+            let mut spill = Spill {
+                dir: &dir,
+                tmp_path: &tmp_path,
+                buf: Vec::new(),
+                file: None,
+            };
+            let result = (|| {
+                write(&mut spill).map_err(|e| StoreError::io("writing a blob", e))?;
+                match spill.file.take() {
+                    // Checked again where it is stored, with the database's free pages.
+                    None => Ok(Spilled::Inline(std::mem::take(&mut spill.buf))),
+                    Some(w) => {
+                        check_free_space(&dir, w.get_ref().metadata().map_or(0, |m| m.len()), 0)?;
+                        finish_blob_file(w, &tmp_path, &final_path).map(Spilled::File)
+                    }
+                }
+            })();
             if result.is_err() {
                 let _ = fs::remove_file(&tmp_path);
             }
             result
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))??;
+        match written {
+            Spilled::File(len) => Ok(len),
+            Spilled::Inline(data) => {
+                let len = data.len() as u64;
+                self.put_inline_blob(blob, data).await?;
+                Ok(len)
+            }
+        }
     }
 
     async fn get_blob(&self, _user: &UserId, blob: &BlobId) -> Result<Vec<u8>> {
         let path = self.blob_path(blob);
         let blob = *blob;
-        tokio::task::spawn_blocking(move || {
-            fs::read(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NotFound(format!("blob {blob}"))
-                } else {
-                    StoreError::io(format!("reading blob {blob}"), e)
-                }
-            })
+        self.read(move |c| {
+            if let Some(data) = inline_blob(c, &blob)? {
+                return Ok(data);
+            }
+            fs::read(&path).map_err(|e| blob_read_error(&blob, e))
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
 
     async fn open_blob(&self, _user: &UserId, blob: &BlobId) -> Result<crate::BlobReader> {
         let path = self.blob_path(blob);
         let blob = *blob;
-        tokio::task::spawn_blocking(move || {
-            let file = fs::File::open(&path).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    StoreError::NotFound(format!("blob {blob}"))
-                } else {
-                    StoreError::io(format!("reading blob {blob}"), e)
-                }
-            })?;
+        self.read(move |c| {
+            if let Some(data) = inline_blob(c, &blob)? {
+                return Ok(Box::new(std::io::Cursor::new(data)) as crate::BlobReader);
+            }
+            let file = fs::File::open(&path).map_err(|e| blob_read_error(&blob, e))?;
             // A little more than one age chunk (64 KiB + tag) per read.
             Ok(Box::new(std::io::BufReader::with_capacity(128 * 1024, file)) as crate::BlobReader)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
     }
 
     async fn data_version(&self) -> Result<u64> {
@@ -1774,6 +1952,9 @@ impl Store for SqliteStore {
             let rows = stmt
                 .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)))
                 .map_err(db_err)?;
+            let mut inline = c
+                .prepare("SELECT length(data) FROM blobs WHERE blob_id = ?1")
+                .map_err(db_err)?;
             let mut referenced = HashSet::new();
             for row in rows {
                 let (mbox, uid, blob, len) = row.map_err(db_err)?;
@@ -1782,6 +1963,19 @@ impl Store for SqliteStore {
                     continue;
                 };
                 let hex = blob.to_hex();
+                let inline_len: Option<i64> = inline
+                    .query_row(params![blob.as_bytes().as_slice()], |r| r.get(0))
+                    .optional()
+                    .map_err(db_err)?;
+                if let Some(stored) = inline_len {
+                    if stored != len {
+                        problems.push(format!(
+                            "message {mbox}/{uid}: blob {hex} is {stored} bytes, expected {len}"
+                        ));
+                    }
+                    referenced.insert(blob);
+                    continue;
+                }
                 let path = dir.join("blobs").join(&hex[..2]).join(&hex);
                 match fs::metadata(&path) {
                     Ok(m) if m.len() == len as u64 => {}
@@ -1820,6 +2014,19 @@ impl Store for SqliteStore {
     }
 
     async fn sweep_orphans(&self, min_age_secs: u64) -> Result<usize> {
+        // Blobs inside the database that no row references, once old enough that no
+        // append can still be about to commit the row that will.
+        let cutoff = now().saturating_sub(i64::try_from(min_age_secs).unwrap_or(i64::MAX));
+        let swept_inline = self
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM blobs WHERE created <= ?1
+                     AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.blob_id = blobs.blob_id)",
+                    params![cutoff],
+                )
+                .map_err(db_err)
+            })
+            .await?;
         let store = self.clone();
         let referenced: HashSet<Vec<u8>> = self
             .read(|c| {
@@ -1861,7 +2068,7 @@ impl Store for SqliteStore {
                     }
                 }
             }
-            Ok(removed)
+            Ok(removed + swept_inline)
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("storage task failed: {e}")))?
@@ -1879,6 +2086,16 @@ fn write_blob_with(tmp_path: &Path, final_path: &Path, write: crate::BlobWriter)
         .map_err(|e| StoreError::io(ctx, e))?;
     let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
     write(&mut w).map_err(|e| StoreError::io(ctx, e))?;
+    finish_blob_file(w, tmp_path, final_path)
+}
+
+/// Flushes and fsyncs a blob's temp file, renames it into place and fsyncs the directory.
+fn finish_blob_file(
+    w: std::io::BufWriter<fs::File>,
+    tmp_path: &Path,
+    final_path: &Path,
+) -> Result<u64> {
+    let ctx = "writing a blob";
     let f = w
         .into_inner()
         .map_err(|e| StoreError::io(ctx, e.into_error()))?;
@@ -1892,6 +2109,71 @@ fn write_blob_with(tmp_path: &Path, final_path: &Path, write: crate::BlobWriter)
     fs::rename(tmp_path, final_path).map_err(|e| StoreError::io(ctx, e))?;
     fsync_dir(shard)?;
     Ok(len)
+}
+
+/// A streamed blob, kept in memory while it fits inside the database
+/// ([`INLINE_BLOB_MAX`]); once it grows past that it moves to its temp file and goes on
+/// there, so memory stays bounded whatever the blob's size.
+struct Spill<'a> {
+    dir: &'a Path,
+    tmp_path: &'a Path,
+    buf: Vec<u8>,
+    file: Option<std::io::BufWriter<fs::File>>,
+}
+
+enum Spilled {
+    Inline(Vec<u8>),
+    File(u64),
+}
+
+impl std::io::Write for Spill<'_> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(f) = &mut self.file {
+            return f.write(data);
+        }
+        if self.buf.len() + data.len() <= INLINE_BLOB_MAX {
+            self.buf.extend_from_slice(data);
+            return Ok(data.len());
+        }
+        check_free_space(self.dir, self.buf.len() as u64, 0).map_err(|e| match e {
+            StoreError::Io { source, .. } => source,
+            other => std::io::Error::new(std::io::ErrorKind::StorageFull, other.to_string()),
+        })?;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.tmp_path)?;
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, f);
+        w.write_all(&self.buf)?;
+        self.buf = Vec::new();
+        let n = w.write(data)?;
+        self.file = Some(w);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The blob's bytes if it is stored inside the database.
+fn inline_blob(c: &Connection, blob: &BlobId) -> Result<Option<Vec<u8>>> {
+    c.prepare_cached("SELECT data FROM blobs WHERE blob_id = ?1")
+        .map_err(db_err)?
+        .query_row(params![blob.as_bytes().as_slice()], |r| r.get(0))
+        .optional()
+        .map_err(db_err)
+}
+
+fn blob_read_error(blob: &BlobId, e: std::io::Error) -> StoreError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        StoreError::NotFound(format!("blob {blob}"))
+    } else {
+        StoreError::io(format!("reading blob {blob}"), e)
+    }
 }
 
 // --- raw export and import (`coffer migrate`) ------------------------------------------------
@@ -2090,6 +2372,121 @@ mod tests {
             }
             other => panic!("expected SchemaTooNew, got {:?}", other.err()),
         }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    fn blob_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for shard in fs::read_dir(dir.join("blobs")).unwrap().flatten() {
+            if shard.file_name() == "tmp" {
+                continue;
+            }
+            out.extend(
+                fs::read_dir(shard.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path()),
+            );
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn small_blobs_are_rows_and_large_ones_files() {
+        let dir = tempdir();
+        let store = SqliteStore::open(&dir).unwrap();
+        let u = UserId([3; 32]);
+        let (small, edge, large) = (BlobId([1; 16]), BlobId([2; 16]), BlobId([3; 16]));
+        store.put_blob(&u, &small, vec![7; 10_000]).await.unwrap();
+        store
+            .put_blob_streamed(
+                &u,
+                &edge,
+                Box::new(|w| w.write_all(&vec![8; INLINE_BLOB_MAX])),
+            )
+            .await
+            .unwrap();
+        assert!(
+            blob_files(&dir).is_empty(),
+            "blobs up to the limit write no file"
+        );
+        store
+            .put_blob_streamed(
+                &u,
+                &large,
+                Box::new(|w| {
+                    w.write_all(&vec![9; INLINE_BLOB_MAX])?;
+                    w.write_all(&[9])
+                }),
+            )
+            .await
+            .unwrap();
+        let files = blob_files(&dir);
+        assert_eq!(
+            files.len(),
+            1,
+            "one byte over the limit is a file: {files:?}"
+        );
+        assert_eq!(
+            fs::metadata(&files[0]).unwrap().len(),
+            INLINE_BLOB_MAX as u64 + 1
+        );
+        assert!(
+            fs::read_dir(dir.join("blobs/tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        assert_eq!(
+            store.get_blob(&u, &edge).await.unwrap(),
+            vec![8; INLINE_BLOB_MAX]
+        );
+        // Nothing references them: the sweep removes rows and files alike.
+        assert_eq!(store.sweep_orphans(0).await.unwrap(), 3);
+        assert!(blob_files(&dir).is_empty());
+        for b in [small, edge, large] {
+            assert!(matches!(
+                store.get_blob(&u, &b).await,
+                Err(StoreError::NotFound(_))
+            ));
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_schema_1_store_gains_the_blob_table_and_keeps_its_files() {
+        let dir = tempdir();
+        fs::create_dir_all(dir.join("blobs/tmp")).unwrap();
+        let c = Connection::open(dir.join(DB_FILE)).unwrap();
+        c.execute_batch(SCHEMA_V1).unwrap();
+        c.pragma_update(None, "user_version", 1).unwrap();
+        drop(c);
+        let old = BlobId([4; 16]);
+        let hex = old.to_hex();
+        fs::create_dir_all(dir.join("blobs").join(&hex[..2])).unwrap();
+        fs::write(
+            dir.join("blobs").join(&hex[..2]).join(&hex),
+            b"old sealed blob",
+        )
+        .unwrap();
+
+        let store = SqliteStore::open(&dir).unwrap();
+        let u = UserId([4; 32]);
+        assert_eq!(store.get_blob(&u, &old).await.unwrap(), b"old sealed blob");
+        store
+            .put_blob(&u, &BlobId([5; 16]), vec![1; 100])
+            .await
+            .unwrap();
+        drop(store);
+        let c = Connection::open(dir.join(DB_FILE)).unwrap();
+        let version: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows: i64 = c
+            .query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1);
         let _ = fs::remove_dir_all(&dir);
     }
 
