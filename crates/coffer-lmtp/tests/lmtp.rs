@@ -265,6 +265,21 @@ async fn bdat_chunks_and_size_limits() {
     c.send(format!("{data}.\r\n").as_bytes()).await;
     assert!(c.reply().await.starts_with("552 5.3.4"));
     assert!(c.reply().await.starts_with("552 5.3.4"));
+    // One line longer than the whole limit, in DATA: refused the same way.
+    c.cmd("MAIL FROM:<s@remote.test>").await;
+    c.cmd("RCPT TO:<alice@example.org>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let long = "y".repeat(350_000);
+    c.send(format!("Subject: long\r\n\r\n{long}\r\n.\r\n").as_bytes())
+        .await;
+    assert!(c.reply().await.starts_with("552 5.3.4"));
+    // A message just under the limit still goes through, dot-stuffed lines included.
+    c.cmd("MAIL FROM:<s@remote.test>").await;
+    c.cmd("RCPT TO:<bob@example.org>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    let fits = format!("Subject: fits\r\n\r\n..dot\r\n{}\r\n", "z".repeat(99_000));
+    c.send(format!("{fits}.\r\n").as_bytes()).await;
+    assert!(c.reply().await.starts_with("250"));
     // BDAT over the limit.
     c.cmd("MAIL FROM:<s@remote.test>").await;
     c.cmd("RCPT TO:<alice@example.org>").await;
@@ -276,7 +291,12 @@ async fn bdat_chunks_and_size_limits() {
         "the session goes on"
     );
     assert_eq!(inbox_of(&t, "alice", "INBOX").await.len(), 1);
-    assert!(inbox_of(&t, "bob", "INBOX").await.is_empty());
+    let bob = inbox_of(&t, "bob", "INBOX").await;
+    assert_eq!(bob.len(), 1);
+    assert!(
+        bob[0].ends_with(format!("\r\n.dot\r\n{}\r\n", "z".repeat(99_000)).as_bytes()),
+        "dot-stuffing undone"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2599,14 +2599,9 @@ fn crlf(data: &[u8]) -> Vec<u8> {
 }
 
 fn has_bare_lf(data: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &c in data {
-        if c == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = c;
-    }
-    false
+    // memchr finds the line ends with SIMD; a byte loop was a fifth of the CPU time of
+    // delivering 1 MiB messages (this runs for every stored message's summary).
+    memchr::memchr_iter(b'\n', data).any(|i| i == 0 || data[i - 1] != b'\r')
 }
 
 /// The whole message as `BODY[]` sends it: borrowed when it needs no change (CRLF line
@@ -2650,15 +2645,13 @@ fn nonuls(mut data: Vec<u8>) -> Vec<u8> {
 /// The size of `data` when sent: bare LFs count as CRLF.
 fn virtual_size(data: &[u8]) -> usize {
     data.len()
-        + data
-            .iter()
-            .enumerate()
-            .filter(|&(i, &c)| c == b'\n' && (i == 0 || data[i - 1] != b'\r'))
+        + memchr::memchr_iter(b'\n', data)
+            .filter(|&i| i == 0 || data[i - 1] != b'\r')
             .count()
 }
 
 fn count_lines(data: &[u8]) -> usize {
-    data.iter().filter(|&&c| c == b'\n').count()
+    memchr::memchr_iter(b'\n', data).count()
 }
 
 /// A header value with NULs replaced by U+FFFD (Dovecot's `message_header_strdup`).
