@@ -576,7 +576,7 @@ async fn idle_announces_appends_and_deliveries_within_a_second() {
         .deliver(
             &user,
             None,
-            message("delivered", "y").as_bytes(),
+            message("delivered", "y").into_bytes(),
             coffer_mail::InternalDate::now(),
         )
         .await

@@ -663,7 +663,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             match self
                 .mail
-                .deliver(&r.user, r.detail.as_ref(), &message, now)
+                .deliver(&r.user, r.detail.as_ref(), message, now)
                 .await
             {
                 Ok(_) => {

@@ -17,7 +17,7 @@ pub mod mime;
 
 pub use changes::Changes;
 pub use codec::{MailboxInfo, MessageMeta, Summary};
-pub use deliver::{Delivered, deliver};
+pub use deliver::{Delivered, deliver, deliver_owned};
 pub use error::MailError;
 
 use coffer_store::{FlagUpdate, MailboxRow, MessageRow, NewMailbox, NewMessage, SealRef};
@@ -277,18 +277,18 @@ impl Mail {
         &self,
         user: &UserId,
         mailbox: Option<&MailboxName>,
-        body: &[u8],
+        body: Vec<u8>,
         date: InternalDate,
     ) -> Result<Delivered> {
         if body.len() as u64 > self.max_message_bytes {
             return Err(MailError::TooLarge(self.max_message_bytes));
         }
-        let d = deliver(
+        let d = deliver::deliver_owned(
             self.store().as_ref(),
             self.vault.pepper(),
             user,
             mailbox,
-            body,
+            Arc::new(body),
             date,
         )
         .await?;

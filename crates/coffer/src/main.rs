@@ -268,7 +268,7 @@ async fn deliver(
         .deliver(
             &recipient.user,
             target.as_ref(),
-            &message,
+            message,
             coffer_mail::InternalDate::now(),
         )
         .await
