@@ -288,7 +288,7 @@ impl Mail {
             self.vault.pepper(),
             user,
             mailbox,
-            Arc::new(body),
+            body,
             date,
         )
         .await?;

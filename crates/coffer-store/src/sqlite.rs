@@ -647,7 +647,6 @@ fn mailbox_counters(tx: &Connection, user: &UserId, mailbox: MailboxId) -> Resul
     Ok((next as u32, hms as u64))
 }
 
-/// Blob ids among `candidates` that no message row references any more.
 /// Of `candidates`, the blobs no message references any more. Those stored inside the
 /// database are deleted here, in the caller's savepoint (atomic with the rows that
 /// referenced them); the rest are returned: files for the caller to remove after commit.
@@ -670,6 +669,35 @@ fn unreferenced(tx: &Connection, candidates: &[Vec<u8>]) -> Result<Vec<BlobId>> 
         }
     }
     Ok(out)
+}
+
+/// UIDs expunged from `mailbox` (of `user`) with a MODSEQ above `since`, in UID order,
+/// found by the MODSEQ index (schema 2) rather than by walking every expunge record.
+fn expunged_uids(
+    c: &Connection,
+    user: &UserId,
+    mailbox: MailboxId,
+    since: u64,
+) -> Result<Vec<Uid>> {
+    let since = i64::try_from(since).unwrap_or(i64::MAX);
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT e.uid FROM expunged e INDEXED BY expunged_by_modseq
+             JOIN mailboxes m ON m.id = e.mailbox_id
+             WHERE e.mailbox_id = ?1 AND m.user_id = ?2 AND e.modseq > ?3 ORDER BY e.uid",
+        )
+        .map_err(db_err)?;
+    let uids: Vec<i64> = stmt
+        .query_map(params![mailbox.0, user.as_bytes().as_slice(), since], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_err)?;
+    Ok(uids
+        .into_iter()
+        .filter_map(|u| u32::try_from(u).ok().and_then(Uid::new))
+        .collect())
 }
 
 fn uid_of(v: i64, object: &str) -> Result<Uid> {
@@ -800,14 +828,18 @@ impl SqliteStore {
         let blob = *blob;
         let dir = self.inner.dir.clone();
         self.write(move |c| {
-            let free_pages: i64 = c
-                .query_row("PRAGMA freelist_count", [], |r| r.get(0))
-                .map_err(db_err)?;
-            let page: i64 = c
-                .query_row("PRAGMA page_size", [], |r| r.get(0))
-                .map_err(db_err)?;
-            let reusable = u64::try_from(free_pages.saturating_mul(page)).unwrap_or(0);
-            check_free_space(&dir, data.len() as u64, reusable)?;
+            // The database's free pages count only when the filesystem alone falls short
+            // (two PRAGMA reads saved on every ordinary append).
+            if check_free_space(&dir, data.len() as u64, 0).is_err() {
+                let free_pages: i64 = c
+                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                let page: i64 = c
+                    .query_row("PRAGMA page_size", [], |r| r.get(0))
+                    .map_err(db_err)?;
+                let reusable = u64::try_from(free_pages.saturating_mul(page)).unwrap_or(0);
+                check_free_space(&dir, data.len() as u64, reusable)?;
+            }
             c.prepare_cached(
                 "INSERT INTO blobs (blob_id, created, data) VALUES (?1, ?2, ?3)
                  ON CONFLICT (blob_id) DO UPDATE SET data = excluded.data, created = excluded.created",
@@ -1509,9 +1541,9 @@ impl Store for SqliteStore {
         since: u64,
     ) -> Result<(Vec<FlagRow>, Vec<Uid>)> {
         let user = *user;
-        let since = i64::try_from(since).unwrap_or(i64::MAX);
         self.read(move |c| {
             let u = user.as_bytes().as_slice();
+            let above = i64::try_from(since).unwrap_or(i64::MAX);
             // By the MODSEQ index (a range of the few changed rows), then put in UID order
             // here: with `ORDER BY uid` SQLite would rather walk the whole mailbox by key.
             let mut stmt = c
@@ -1523,27 +1555,11 @@ impl Store for SqliteStore {
                 .map_err(db_err)?;
             let mut rows = flag_rows(
                 mailbox,
-                stmt.query(params![mailbox.0, u, since]).map_err(db_err)?,
+                stmt.query(params![mailbox.0, u, above]).map_err(db_err)?,
             )?;
             rows.sort_by_key(|r| r.uid);
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT e.uid FROM expunged e INDEXED BY expunged_by_modseq
-                     JOIN mailboxes m ON m.id = e.mailbox_id
-                     WHERE e.mailbox_id = ?1 AND m.user_id = ?2 AND e.modseq > ?3",
-                )
-                .map_err(db_err)?;
-            let gone: Vec<i64> = stmt
-                .query_map(params![mailbox.0, u, since], |r| r.get(0))
-                .map_err(db_err)?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db_err)?;
-            Ok((
-                rows,
-                gone.into_iter()
-                    .filter_map(|u| u32::try_from(u).ok().and_then(Uid::new))
-                    .collect(),
-            ))
+            let gone = expunged_uids(c, &user, mailbox, since)?;
+            Ok((rows, gone))
         })
         .await
     }
@@ -1796,27 +1812,8 @@ impl Store for SqliteStore {
         since: u64,
     ) -> Result<Vec<Uid>> {
         let user = *user;
-        self.read(move |c| {
-            let mut stmt = c
-                .prepare_cached(
-                    "SELECT e.uid FROM expunged e JOIN mailboxes m ON m.id = e.mailbox_id
-                     WHERE e.mailbox_id = ?1 AND m.user_id = ?2 AND e.modseq > ?3 ORDER BY e.uid",
-                )
-                .map_err(db_err)?;
-            let uids: Vec<i64> = stmt
-                .query_map(
-                    params![mailbox.0, user.as_bytes().as_slice(), since as i64],
-                    |r| r.get(0),
-                )
-                .map_err(db_err)?
-                .collect::<rusqlite::Result<_>>()
-                .map_err(db_err)?;
-            Ok(uids
-                .into_iter()
-                .filter_map(|u| Uid::new(u as u32))
-                .collect())
-        })
-        .await
+        self.read(move |c| expunged_uids(c, &user, mailbox, since))
+            .await
     }
 
     async fn put_blob(&self, _user: &UserId, blob: &BlobId, data: Vec<u8>) -> Result<()> {
@@ -1868,6 +1865,7 @@ impl Store for SqliteStore {
                 tmp_path: &tmp_path,
                 buf: Vec::new(),
                 file: None,
+                written: 0,
             };
             let result = (|| {
                 write(&mut spill).map_err(|e| StoreError::io("writing a blob", e))?;
@@ -1875,7 +1873,7 @@ impl Store for SqliteStore {
                     // Checked again where it is stored, with the database's free pages.
                     None => Ok(Spilled::Inline(std::mem::take(&mut spill.buf))),
                     Some(w) => {
-                        check_free_space(&dir, w.get_ref().metadata().map_or(0, |m| m.len()), 0)?;
+                        check_free_space(&dir, spill.written, 0)?;
                         finish_blob_file(w, &tmp_path, &final_path).map(Spilled::File)
                     }
                 }
@@ -2119,6 +2117,8 @@ struct Spill<'a> {
     tmp_path: &'a Path,
     buf: Vec<u8>,
     file: Option<std::io::BufWriter<fs::File>>,
+    /// Bytes taken so far (in `buf` or the file, buffered or not).
+    written: u64,
 }
 
 enum Spilled {
@@ -2129,10 +2129,13 @@ enum Spilled {
 impl std::io::Write for Spill<'_> {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         if let Some(f) = &mut self.file {
-            return f.write(data);
+            let n = f.write(data)?;
+            self.written += n as u64;
+            return Ok(n);
         }
         if self.buf.len() + data.len() <= INLINE_BLOB_MAX {
             self.buf.extend_from_slice(data);
+            self.written += data.len() as u64;
             return Ok(data.len());
         }
         check_free_space(self.dir, self.buf.len() as u64, 0).map_err(|e| match e {
@@ -2147,6 +2150,7 @@ impl std::io::Write for Spill<'_> {
         w.write_all(&self.buf)?;
         self.buf = Vec::new();
         let n = w.write(data)?;
+        self.written += n as u64;
         self.file = Some(w);
         Ok(n)
     }

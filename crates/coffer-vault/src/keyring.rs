@@ -281,6 +281,7 @@ fn describe(place: &Place<'_>) -> String {
 
 /// Sealing for delivery, which holds only a public key (CRYPTO.md, "Delivery while the
 /// user is away").
+#[derive(Clone)]
 pub struct PublicSealer {
     user: UserId,
     generation: Generation,
