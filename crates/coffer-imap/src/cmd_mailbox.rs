@@ -442,7 +442,7 @@ impl Session {
             None
         };
         let size: u64 = if needs_size {
-            mail.messages(session, mb.id)
+            mail.messages_with(session, mb.id, coffer_mail::Columns::MetaOnly)
                 .await
                 .map_err(mail_err)?
                 .iter()

@@ -9,27 +9,35 @@ use crate::session::{flags_text, mail_err, uid_set_text, Done, Out, Session};
 use crate::types::{
     FetchAtt, SearchKey, SearchReturn, Section, SectionText, SequenceSet, StoreMode,
 };
-use coffer_mail::{FlagOp, MailError, Message, Summary};
+use coffer_mail::{Columns, FlagOp, MailError, Message, Summary};
 use coffer_types::{Flag, Uid};
 use coffer_vault::Unlocked;
 use std::collections::HashMap;
 
-/// (sequence number, UID) of the messages a set names.
+/// (sequence number, UID) of the messages a set names, in mailbox order. Visits only the
+/// named messages: the view is in UID order, so UID ranges are found by binary search.
 fn resolve(sel: &crate::session::Selected, uid: bool, set: &SequenceSet) -> Vec<(u32, u32)> {
-    let largest_seq = sel.view.len() as u32;
-    let largest_uid = sel.max_uid();
-    sel.view
-        .iter()
-        .enumerate()
-        .filter(|(i, m)| {
-            if uid {
-                set.contains(m.uid, largest_uid)
-            } else {
-                set.contains(*i as u32 + 1, largest_seq)
+    let view = &sel.view;
+    let mut out = Vec::new();
+    if uid {
+        for (lo, hi) in set.ranges(sel.max_uid()) {
+            let start = view.partition_point(|m| m.uid < lo);
+            for (i, m) in view.iter().enumerate().skip(start) {
+                if m.uid > hi {
+                    break;
+                }
+                out.push((i as u32 + 1, m.uid));
             }
-        })
-        .map(|(i, m)| (i as u32 + 1, m.uid))
-        .collect()
+        }
+    } else {
+        let n = view.len() as u32;
+        for (lo, hi) in set.ranges(n) {
+            for seq in lo.max(1)..=hi.min(n) {
+                out.push((seq, view[seq as usize - 1].uid));
+            }
+        }
+    }
+    out
 }
 
 /// Messages at least this large stream `BODY[]` from the blob when they can (see
@@ -101,8 +109,8 @@ fn partial_slice(data: &[u8], partial: Option<(u32, u32)>) -> &[u8] {
 }
 
 impl Session {
-    /// Loads sealed metadata for the given UIDs: one query per message for a few, the whole
-    /// mailbox for many.
+    /// Loads sealed metadata for the given UIDs: the rows asked for (in batches) for a few, the whole
+    /// mailbox for many. Flags stay sealed: FETCH answers them from the view.
     async fn load_meta(&self, uids: &[u32]) -> Result<HashMap<u32, Message>, Done> {
         let session = self.session()?;
         let Some(sel) = &self.selected else {
@@ -115,7 +123,7 @@ impl Session {
             let all = self
                 .ctx
                 .mail
-                .messages(session, sel.mailbox.id)
+                .messages_with(session, sel.mailbox.id, Columns::MetaOnly)
                 .await
                 .map_err(mail_err)?;
             all.into_iter()
@@ -125,7 +133,7 @@ impl Session {
             let wanted: Vec<Uid> = uids.iter().filter_map(|u| Uid::new(*u)).collect();
             self.ctx
                 .mail
-                .messages_for(session, sel.mailbox.id, &wanted)
+                .messages_for(session, sel.mailbox.id, &wanted, Columns::MetaOnly)
                 .await
                 .map_err(mail_err)?
         };

@@ -370,21 +370,21 @@ impl Session {
                 buf: Vec::new(),
             };
             let done = self.dispatch(command, &mut out).await;
-            let done = match out.flush().await {
-                Ok(()) => done,
-                Err(_) => break,
-            };
+            if let Done::Tagged(text) = &done {
+                if text.starts_with("BAD") {
+                    self.errors += 1;
+                }
+                // The untagged updates and the tagged answer go out with the command's own
+                // responses, in one write.
+                let tail = self.updates_after_command().await;
+                out.bytes(&tail);
+                out.bytes(format!("{tag} {text}\r\n").as_bytes());
+            }
+            if out.flush().await.is_err() {
+                break;
+            }
             match done {
-                Done::Tagged(text) => {
-                    if text.starts_with("BAD") {
-                        self.errors += 1;
-                    }
-                    let tail = self.updates_after_command().await;
-                    let mut msg = tail;
-                    msg.extend_from_slice(format!("{tag} {text}\r\n").as_bytes());
-                    if write_now(&mut reader, &msg).await.is_err() {
-                        break;
-                    }
+                Done::Tagged(_) => {
                     if self.errors >= self.ctx.config.max_errors {
                         let _ = write_now(&mut reader, b"* BYE Too many errors\r\n").await;
                         break;

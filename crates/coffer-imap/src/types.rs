@@ -14,8 +14,8 @@ pub enum SeqNumber {
 pub struct SequenceSet(pub Vec<(SeqNumber, SeqNumber)>);
 
 impl SequenceSet {
-    /// Expands against `largest` (the highest sequence number or UID in use) into the
-    /// sorted, deduplicated values that are `<= largest` (or `*` → largest).
+    /// Whether `v` is in the set, with `*` standing for `largest` (the highest sequence
+    /// number or UID in use).
     pub fn contains(&self, v: u32, largest: u32) -> bool {
         self.0.iter().any(|(a, b)| {
             let a = match a {
@@ -29,6 +29,32 @@ impl SequenceSet {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             v >= lo && v <= hi
         })
+    }
+
+    /// The set as sorted, disjoint, inclusive ranges, with `*` standing for `largest`: the
+    /// members can be visited without testing every number in use.
+    pub fn ranges(&self, largest: u32) -> Vec<(u32, u32)> {
+        let value = |n: &SeqNumber| match n {
+            SeqNumber::Value(x) => *x,
+            SeqNumber::Largest => largest,
+        };
+        let mut spans: Vec<(u32, u32)> = self
+            .0
+            .iter()
+            .map(|(a, b)| {
+                let (a, b) = (value(a), value(b));
+                (a.min(b), a.max(b))
+            })
+            .collect();
+        spans.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(spans.len());
+        for (lo, hi) in spans {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged
     }
 }
 
@@ -368,6 +394,64 @@ impl CommandBody {
             CommandBody::GetQuota(_) => "GETQUOTA",
             CommandBody::GetQuotaRoot(_) => "GETQUOTAROOT",
             CommandBody::SetQuota => "SETQUOTA",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(spans: &[(u32, u32)]) -> SequenceSet {
+        let n = |v: u32| {
+            if v == 0 {
+                SeqNumber::Largest
+            } else {
+                SeqNumber::Value(v)
+            }
+        };
+        SequenceSet(spans.iter().map(|(a, b)| (n(*a), n(*b))).collect())
+    }
+
+    #[test]
+    fn ranges_are_sorted_merged_and_resolve_star() {
+        // 0 stands for `*` here.
+        assert_eq!(
+            set(&[(9, 7), (1, 2), (3, 3)]).ranges(20),
+            vec![(1, 3), (7, 9)]
+        );
+        assert_eq!(set(&[(5, 0), (2, 6)]).ranges(10), vec![(2, 10)]);
+        assert_eq!(set(&[(0, 0)]).ranges(4), vec![(4, 4)]);
+        assert_eq!(set(&[(30, 0)]).ranges(4), vec![(4, 30)]);
+        assert_eq!(
+            set(&[(u32::MAX, u32::MAX), (1, 1)]).ranges(1),
+            vec![(1, 1), (u32::MAX, u32::MAX)]
+        );
+    }
+
+    #[test]
+    fn ranges_hold_exactly_what_contains_accepts() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |m: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % m as u64) as u32
+        };
+        for _ in 0..500 {
+            let spans: Vec<(u32, u32)> = (0..1 + next(5)).map(|_| (next(40), next(40))).collect();
+            let s = set(&spans);
+            let largest = 1 + next(35);
+            let ranges = s.ranges(largest);
+            for v in 1..=45 {
+                let in_ranges = ranges.iter().any(|(lo, hi)| v >= *lo && v <= *hi);
+                assert_eq!(
+                    in_ranges,
+                    s.contains(v, largest),
+                    "{spans:?} * = {largest}, {v}"
+                );
+            }
+            assert!(ranges.windows(2).all(|w| w[0].1 + 1 < w[1].0), "{ranges:?}");
         }
     }
 }

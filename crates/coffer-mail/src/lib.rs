@@ -72,6 +72,17 @@ pub struct Message {
     pub summary: Option<Arc<Summary>>,
 }
 
+/// Which sealed columns of a message row to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    /// The metadata and the flags.
+    All,
+    /// The metadata only: [`Message::flags`] is left empty. For callers that take flags
+    /// from elsewhere, as FETCH takes them from the session's view; it saves one
+    /// XChaCha20-Poly1305 open per message (about 1.5 µs each).
+    MetaOnly,
+}
+
 /// How STORE combines flags (RFC 9051 §6.4.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlagOp {
@@ -916,6 +927,15 @@ impl Mail {
     }
 
     fn decode_message(&self, session: &Unlocked, row: &MessageRow) -> Result<Message> {
+        self.decode_columns(session, row, Columns::All)
+    }
+
+    fn decode_columns(
+        &self,
+        session: &Unlocked,
+        row: &MessageRow,
+        columns: Columns,
+    ) -> Result<Message> {
         let msg = row.msg_id;
         let (meta, flags) = session.with(|k| -> Result<_> {
             let meta = match row.seal {
@@ -926,13 +946,13 @@ impl Mail {
                     k.open_delivered(g, Place::MessageMeta(msg.as_bytes()), &row.sealed_meta)?
                 }
             };
-            let flags = match &row.sealed_flags {
-                Some(f) => Some(k.open(
+            let flags = match (&row.sealed_flags, columns) {
+                (Some(f), Columns::All) => Some(k.open(
                     row.seal.generation(),
                     Place::MessageFlags(msg.as_bytes()),
                     f,
                 )?),
-                None => None,
+                _ => None,
             };
             Ok((meta, flags))
         })??;
@@ -965,31 +985,47 @@ impl Mail {
     /// Every message of a mailbox in UID order. Rows that delivery sealed to the public key
     /// are re-sealed under the index key while the keyring is open.
     pub async fn messages(&self, session: &Unlocked, mailbox: MailboxId) -> Result<Vec<Message>> {
+        self.messages_with(session, mailbox, Columns::All).await
+    }
+
+    /// [`Mail::messages`], opening only the given columns.
+    pub async fn messages_with(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        columns: Columns,
+    ) -> Result<Vec<Message>> {
         let rows = self
             .store()
             .list_messages(session.user_id(), mailbox)
             .await?;
-        self.open_rows(session, &rows).await
+        self.open_rows(session, &rows, columns).await
     }
 
-    /// The messages with the given UIDs (absent ones skipped), in UID order; delivered rows
-    /// are re-sealed as in [`Mail::messages`].
+    /// The messages with the given UIDs (absent ones skipped), in UID order, opening the
+    /// given columns; delivered rows are re-sealed as in [`Mail::messages`].
     pub async fn messages_for(
         &self,
         session: &Unlocked,
         mailbox: MailboxId,
         uids: &[Uid],
+        columns: Columns,
     ) -> Result<Vec<Message>> {
         let rows = self
             .store()
             .get_messages(session.user_id(), mailbox, uids.to_vec())
             .await?;
-        self.open_rows(session, &rows).await
+        self.open_rows(session, &rows, columns).await
     }
 
     /// Opens message rows the keyring can read (skipping generations it cannot), re-sealing
     /// rows that delivery sealed to the public key.
-    async fn open_rows(&self, session: &Unlocked, rows: &[MessageRow]) -> Result<Vec<Message>> {
+    async fn open_rows(
+        &self,
+        session: &Unlocked,
+        rows: &[MessageRow],
+        columns: Columns,
+    ) -> Result<Vec<Message>> {
         let mut out = Vec::with_capacity(rows.len());
         let mut delivered = Vec::new();
         for row in rows {
@@ -999,7 +1035,7 @@ impl Mail {
             if let SealRef::PublicKey(g) = row.seal {
                 delivered.push((out.len(), g));
             }
-            out.push(self.decode_message(session, row)?);
+            out.push(self.decode_columns(session, row, columns)?);
         }
         // Re-seals are sent together, so the store's group commit writes a batch of them
         // with one fsync instead of one commit each (the first read of new mail).
