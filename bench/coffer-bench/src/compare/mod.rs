@@ -293,7 +293,9 @@ impl Users {
     fn all(s: &Settings) -> Vec<String> {
         let mut v: Vec<String> = (0..s.clients).map(Users::mix).collect();
         v.extend((0..s.lmtp_clients).map(Users::rcpt));
-        v.extend((0..s.cold_logins * s.rounds).map(Users::cold));
+        if s.runs("login") {
+            v.extend((0..s.cold_logins * s.rounds).map(Users::cold));
+        }
         v.push(Users::RELOGIN.into());
         v.push(Users::BIG.into());
         v.push(Users::BODY.into());
