@@ -268,11 +268,25 @@ const COMPARE_DIFFERENCES: &[&str] = &[
     "(6) memory per idle connection, PSS",
 ];
 
-/// Whether this test may start Dovecot: installed with LMTP, and running as root.
-fn dovecot_usable() -> bool {
-    Path::new("/usr/sbin/dovecot").is_file()
-        && Path::new("/usr/lib/dovecot/lmtp").is_file()
-        && rustix::process::geteuid().is_root()
+/// Dovecot with LMTP must be installed and the test must run as root (it starts Dovecot,
+/// which switches to an unprivileged mail user): a missing yardstick fails the test.
+fn require_dovecot() {
+    let installed = [
+        "/usr/sbin/dovecot",
+        "/usr/lib/dovecot/imap",
+        "/usr/lib/dovecot/lmtp",
+    ]
+    .iter()
+    .all(|p| Path::new(p).is_file());
+    assert!(
+        installed,
+        "Dovecot with IMAP and LMTP is not installed: `apt-get install dovecot-imapd \
+         dovecot-lmtpd` (scripts/test installs them)"
+    );
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the side-by-side smoke run starts Dovecot and must run as root (as scripts/test does)"
+    );
 }
 
 /// The leading number of a cell such as "123 (100–140)".
@@ -289,13 +303,8 @@ fn compare_smoke_run_writes_every_figure() {
     let scratch = Scratch::new("compare-smoke");
     let out_dir = scratch.0.join("results");
     let work_dir = scratch.0.join("work");
-    let with_dovecot = dovecot_usable();
-    let servers = if with_dovecot {
-        "coffer,dovecot,dovecot-crypt"
-    } else {
-        eprintln!("Dovecot (with LMTP) is not installed or this is not root: Coffer only");
-        "coffer"
-    };
+    require_dovecot();
+    let servers = "coffer,dovecot,dovecot-crypt";
     let text = run_bench(
         &[
             "compare".as_ref(),
@@ -323,11 +332,7 @@ fn compare_smoke_run_writes_every_figure() {
         !text.contains("FAILED") && !text.contains("## Failures"),
         "{text}"
     );
-    let columns: Vec<&str> = if with_dovecot {
-        vec!["Coffer", "Dovecot plain", "Dovecot mail_crypt"]
-    } else {
-        vec!["Coffer"]
-    };
+    let columns = ["Coffer", "Dovecot plain", "Dovecot mail_crypt"];
     let header = row(&text, "figure");
     for label in COMPARE_LABELS.iter().chain(COMPARE_DIFFERENCES) {
         let cells = row(&text, label);
@@ -347,12 +352,10 @@ fn compare_smoke_run_writes_every_figure() {
             }
         }
     }
-    if with_dovecot {
-        assert!(
-            header.contains(&"Coffer ÷ Dovecot mail_crypt"),
-            "{header:?}"
-        );
-    }
+    assert!(
+        header.contains(&"Coffer ÷ Dovecot mail_crypt"),
+        "{header:?}"
+    );
     // Every server's scratch directory (Coffer's installation, Dovecot's Maildirs) is gone.
     assert_empty(&work_dir);
 }
