@@ -525,6 +525,7 @@ impl Session {
                 Ok(c) => {
                     sent += c.len() as u64;
                     out.write_direct(&c).await.map_err(|_| Done::Abort)?;
+                    chunks.give_back(c);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "message body failed while streaming; closing");

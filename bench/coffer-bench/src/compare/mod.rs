@@ -602,6 +602,10 @@ fn attempt<T>(
     failures: &mut Vec<String>,
     f: impl FnOnce(&mut Target) -> Result<T, BoxError>,
 ) -> Option<T> {
+    // What the previous workload left in the page cache is written back first, untimed:
+    // the 1 MiB deliveries leave hundreds of MB of dirty pages, whose write-back would
+    // otherwise run during (and be charged to) whichever server comes next.
+    rustix::fs::sync();
     let r = f(t).and_then(|v| t.check_alive().map(|()| v));
     match r {
         Ok(v) => Some(v),
