@@ -682,3 +682,37 @@ pub fn chacha_baseline(smoke: bool) -> (f64, String) {
         ),
     )
 }
+
+/// The same measurement with ring's ChaCha20-Poly1305 (assembly, used by Coffer for the
+/// metadata records), reported beside the target's baseline: the body path decrypts with
+/// age, which uses the chacha20poly1305 crate of [`chacha_baseline`].
+pub fn chacha_ring(smoke: bool) -> (f64, String) {
+    use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+    let key =
+        LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).expect("a 32-byte key"));
+    let mut buf = vec![0u8; 10 * 1024 * 1024];
+    let budget = Duration::from_secs_f64(if smoke { 0.05 } else { 2.0 });
+    let r = harness::rounds(budget, 5, || {
+        for (i, chunk) in buf.chunks_mut(64 * 1024).enumerate() {
+            let mut nonce = [0u8; 12];
+            nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let tag = key
+                .seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::empty(),
+                    chunk,
+                )
+                .expect("a chunk encrypts");
+            let _ = std::hint::black_box(tag);
+        }
+    });
+    let secs = harness::Summary::of(&r.seconds_per_call).median;
+    (
+        buf.len() as f64 / secs / 1e6,
+        format!(
+            "ring crate, the same buffer and chunks, median of {} rounds × {} calls; for comparison only, the target is half of the line above",
+            r.seconds_per_call.len(),
+            r.calls_per_round
+        ),
+    )
+}

@@ -905,6 +905,11 @@ fn run(s: &Settings) -> Result<(), BoxError> {
             "single-core ChaCha20-Poly1305 (for (7))".into(),
             format!("{} MB/s; {detail}", report::number(mbps)),
         ));
+        let (mbps, detail) = load::chacha_ring(s.smoke);
+        notes.push((
+            "single-core ChaCha20-Poly1305, ring".into(),
+            format!("{} MB/s; {detail}", report::number(mbps)),
+        ));
     }
     drop(targets);
 
