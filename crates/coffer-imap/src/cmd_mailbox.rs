@@ -3,7 +3,7 @@
 //! APPEND (MULTIAPPEND, APPENDUID), GETQUOTA/GETQUOTAROOT. RFC 9051 §6.3.
 
 use crate::response;
-use crate::session::{flags_text, mail_err, uid_set_text, Done, Out, Selected, Session, ViewMsg};
+use crate::session::{flags_text, mail_err, uid_set_text, Done, Out, Selected, Session};
 use crate::types::{AppendMessage, ListOptions, QresyncParams, StatusItem};
 use coffer_mail::{InternalDate, MailError, Mailbox};
 use coffer_types::{Flag, SpecialUse};
@@ -100,14 +100,7 @@ impl Session {
             Ok(v) => v,
             Err(e) => return mail_err(e),
         };
-        let view: Vec<ViewMsg> = entries
-            .iter()
-            .map(|e| ViewMsg {
-                uid: e.uid.get(),
-                modseq: e.modseq.get(),
-                flags: e.flags.clone(),
-            })
-            .collect();
+        let view = entries;
         let mut keywords: Vec<String> = view
             .iter()
             .flat_map(|m| m.flags.iter())
@@ -204,13 +197,13 @@ impl Session {
             out.line(&format!("* VANISHED (EARLIER) {}", uid_set_text(&vanished)));
         }
         for (i, m) in sel.view.iter().enumerate() {
-            if m.modseq > q.modseq {
+            if m.modseq.get() > q.modseq {
                 out.line(&format!(
                     "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))",
                     i + 1,
                     m.uid,
                     flags_text(&m.flags),
-                    m.modseq
+                    m.modseq.get()
                 ));
             }
         }

@@ -21,19 +21,19 @@ fn resolve(sel: &crate::session::Selected, uid: bool, set: &SequenceSet) -> Vec<
     let mut out = Vec::new();
     if uid {
         for (lo, hi) in set.ranges(sel.max_uid()) {
-            let start = view.partition_point(|m| m.uid < lo);
+            let start = view.partition_point(|m| m.uid.get() < lo);
             for (i, m) in view.iter().enumerate().skip(start) {
-                if m.uid > hi {
+                if m.uid.get() > hi {
                     break;
                 }
-                out.push((i as u32 + 1, m.uid));
+                out.push((i as u32 + 1, m.uid.get()));
             }
         }
     } else {
         let n = view.len() as u32;
         for (lo, hi) in set.ranges(n) {
             for seq in lo.max(1)..=hi.min(n) {
-                out.push((seq, view[seq as usize - 1].uid));
+                out.push((seq, view[seq as usize - 1].uid.get()));
             }
         }
     }
@@ -161,7 +161,11 @@ impl Session {
         }
         let mut targets = resolve(sel, uid, set);
         if let Some(cs) = changed_since {
-            let modseqs: HashMap<u32, u64> = sel.view.iter().map(|m| (m.uid, m.modseq)).collect();
+            let modseqs: HashMap<u32, u64> = sel
+                .view
+                .iter()
+                .map(|m| (m.uid.get(), m.modseq.get()))
+                .collect();
             targets.retain(|(_, u)| modseqs.get(u).is_some_and(|m| *m > cs));
             if vanished {
                 let session = match self.session() {
@@ -351,7 +355,7 @@ impl Session {
                     }
                     FetchAtt::ModSeq => {
                         has_modseq = true;
-                        p.extend_from_slice(format!("MODSEQ ({})", vm.modseq).as_bytes());
+                        p.extend_from_slice(format!("MODSEQ ({})", vm.modseq.get()).as_bytes());
                     }
                     FetchAtt::Envelope => {
                         p.extend_from_slice(b"ENVELOPE ");
@@ -479,7 +483,7 @@ impl Session {
                 has_flags = true;
             }
             if self.condstore && (has_flags || changed_since.is_some()) && !has_modseq {
-                line.extend_from_slice(format!(" MODSEQ ({})", vm.modseq).as_bytes());
+                line.extend_from_slice(format!(" MODSEQ ({})", vm.modseq.get()).as_bytes());
             }
             line.extend_from_slice(b")\r\n");
             out.take(line);
@@ -569,8 +573,9 @@ impl Session {
         };
         for e in entries.iter().filter(|e| wanted.contains(&e.uid.get())) {
             if let Some(i) = sel.seq_of(e.uid.get()) {
-                sel.view[i - 1].flags = e.flags.clone();
-                sel.view[i - 1].modseq = e.modseq.get();
+                let view = std::sync::Arc::make_mut(&mut sel.view);
+                view[i - 1].flags = e.flags.clone();
+                view[i - 1].modseq = e.modseq;
             }
         }
         Ok(())
@@ -655,7 +660,7 @@ impl Session {
                 parts.push(format!("UID {u}"));
             }
             if self.condstore {
-                parts.push(format!("MODSEQ ({})", vm.modseq));
+                parts.push(format!("MODSEQ ({})", vm.modseq.get()));
             }
             line.push_str(&parts.join(" "));
             line.push(')');
@@ -760,7 +765,7 @@ impl Session {
             return Err(Done::bad("No mailbox selected"));
         };
         let needs = search::needs(key);
-        let uids: Vec<u32> = sel.view.iter().map(|m| m.uid).collect();
+        let uids: Vec<u32> = sel.view.iter().map(|m| m.uid.get()).collect();
         let meta = if needs.meta || needs.raw {
             self.load_meta(&uids).await?
         } else {
@@ -775,7 +780,7 @@ impl Session {
         let largest_uid = sel.max_uid();
         let mut hits = Vec::new();
         for (i, vm) in sel.view.iter().enumerate() {
-            let m = meta.get(&vm.uid);
+            let m = meta.get(&vm.uid.get());
             if (needs.meta || needs.raw) && m.is_none() {
                 continue;
             }
@@ -785,8 +790,8 @@ impl Session {
             };
             let c = Candidate {
                 seq: i as u32 + 1,
-                uid: vm.uid,
-                modseq: vm.modseq,
+                uid: vm.uid.get(),
+                modseq: vm.modseq.get(),
                 flags: &vm.flags,
                 largest_seq,
                 largest_uid,
@@ -795,7 +800,7 @@ impl Session {
                 now,
             };
             if search::matches(key, &c) {
-                hits.push((i as u32 + 1, vm.uid, vm.modseq));
+                hits.push((i as u32 + 1, vm.uid.get(), vm.modseq.get()));
             }
         }
         Ok(hits)
@@ -981,12 +986,12 @@ impl Session {
         if let Some(sel) = self.selected.as_mut() {
             if qresync {
                 out.line(&format!("* VANISHED {}", uid_set_text(&src)));
-                sel.view.retain(|m| !src.contains(&m.uid));
+                std::sync::Arc::make_mut(&mut sel.view).retain(|m| !src.contains(&m.uid.get()));
             } else {
                 for i in (0..sel.view.len()).rev() {
-                    if src.contains(&sel.view[i].uid) {
+                    if src.contains(&sel.view[i].uid.get()) {
                         out.line(&format!("* {} EXPUNGE", i + 1));
-                        sel.view.remove(i);
+                        std::sync::Arc::make_mut(&mut sel.view).remove(i);
                     }
                 }
             }
@@ -1006,8 +1011,8 @@ impl Session {
             .view
             .iter()
             .filter(|m| m.flags.contains(&Flag::Deleted))
-            .filter(|m| uids.is_none_or(|set| set.contains(m.uid, largest)))
-            .filter_map(|m| Uid::new(m.uid))
+            .filter(|m| uids.is_none_or(|set| set.contains(m.uid.get(), largest)))
+            .map(|m| m.uid)
             .collect();
         let mailbox = sel.mailbox.id;
         if candidates.is_empty() {
@@ -1038,12 +1043,12 @@ impl Session {
         if let Some(sel) = self.selected.as_mut() {
             if qresync && !removed.is_empty() {
                 out.line(&format!("* VANISHED {}", uid_set_text(&removed)));
-                sel.view.retain(|m| !removed.contains(&m.uid));
+                std::sync::Arc::make_mut(&mut sel.view).retain(|m| !removed.contains(&m.uid.get()));
             } else {
                 for i in (0..sel.view.len()).rev() {
-                    if removed.contains(&sel.view[i].uid) {
+                    if removed.contains(&sel.view[i].uid.get()) {
                         out.line(&format!("* {} EXPUNGE", i + 1));
-                        sel.view.remove(i);
+                        std::sync::Arc::make_mut(&mut sel.view).remove(i);
                     }
                 }
             }

@@ -87,20 +87,19 @@ impl Done {
     }
 }
 
-/// One message in the selected mailbox, as this session has told the client about it.
-#[derive(Clone, Debug)]
-pub struct ViewMsg {
-    pub uid: u32,
-    pub modseq: u64,
-    pub flags: Vec<Flag>,
-}
+/// One message in the selected mailbox, as this session has told the client about it: the
+/// keyring's cached view entry (`coffer_mail::FlagsEntry`), so that SELECT of an unchanged
+/// mailbox shares the cached view instead of copying it (see [`Selected::view`]).
+pub use coffer_mail::FlagsEntry as ViewMsg;
 
 /// The selected mailbox (exists only in the selected state).
 pub struct Selected {
     pub mailbox: Mailbox,
     pub read_only: bool,
-    /// Index + 1 is the message sequence number.
-    pub view: Vec<ViewMsg>,
+    /// Index + 1 is the message sequence number. Shared with the keyring's view cache
+    /// until this session changes it (`Arc::make_mut` copies it then): a SELECT of a
+    /// 100,000-message mailbox costs no per-message work.
+    pub view: Arc<Vec<ViewMsg>>,
     pub highest_modseq: u64,
     pub uid_next: u32,
     /// Expunged by another session but not yet announced (sequence numbers still valid).
@@ -110,12 +109,12 @@ pub struct Selected {
 impl Selected {
     pub fn seq_of(&self, uid: u32) -> Option<usize> {
         self.view
-            .binary_search_by_key(&uid, |m| m.uid)
+            .binary_search_by_key(&uid, |m| m.uid.get())
             .ok()
             .map(|i| i + 1)
     }
     pub fn max_uid(&self) -> u32 {
-        self.view.last().map(|m| m.uid).unwrap_or(0)
+        self.view.last().map(|m| m.uid.get()).unwrap_or(0)
     }
 }
 
@@ -1016,19 +1015,19 @@ fn apply_changes(
     let gone: Vec<u32> = sel
         .view
         .iter()
-        .filter(|m| !now.contains_key(&m.uid))
-        .map(|m| m.uid)
+        .filter(|m| !now.contains_key(&m.uid.get()))
+        .map(|m| m.uid.get())
         .collect();
     if allow_expunge && !gone.is_empty() {
         if qresync {
             buf.extend_from_slice(format!("* VANISHED {}\r\n", uid_set_text(&gone)).as_bytes());
-            sel.view.retain(|m| now.contains_key(&m.uid));
+            Arc::make_mut(&mut sel.view).retain(|m| now.contains_key(&m.uid.get()));
         } else {
             // Highest sequence numbers first so earlier numbers stay valid.
             for i in (0..sel.view.len()).rev() {
-                if !now.contains_key(&sel.view[i].uid) {
+                if !now.contains_key(&sel.view[i].uid.get()) {
                     buf.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
-                    sel.view.remove(i);
+                    Arc::make_mut(&mut sel.view).remove(i);
                 }
             }
         }
@@ -1036,23 +1035,34 @@ fn apply_changes(
     } else if !gone.is_empty() {
         sel.pending_expunge = gone;
     }
-    // Flag changes.
-    for (i, m) in sel.view.iter_mut().enumerate() {
-        if let Some(e) = now.get(&m.uid) {
-            if e.modseq.get() != m.modseq {
-                m.modseq = e.modseq.get();
-                if e.flags != m.flags {
-                    m.flags = e.flags.clone();
-                    let mut line = format!("* {} FETCH (FLAGS {}", i + 1, flags_text(&m.flags));
-                    if qresync {
-                        line.push_str(&format!(" UID {}", m.uid));
-                    }
-                    if condstore {
-                        line.push_str(&format!(" MODSEQ ({})", m.modseq));
-                    }
-                    line.push_str(")\r\n");
-                    buf.extend_from_slice(line.as_bytes());
+    // Flag changes. The view may be shared with the keyring's cache: it is copied
+    // (`Arc::make_mut`) only when something in it changes.
+    let changed: Vec<usize> = sel
+        .view
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| now.get(&m.uid.get()).is_some_and(|e| e.modseq != m.modseq))
+        .map(|(i, _)| i)
+        .collect();
+    if !changed.is_empty() {
+        let view = Arc::make_mut(&mut sel.view);
+        for i in changed {
+            let m = &mut view[i];
+            let Some(e) = now.get(&m.uid.get()) else {
+                continue;
+            };
+            m.modseq = e.modseq;
+            if e.flags != m.flags {
+                m.flags = e.flags.clone();
+                let mut line = format!("* {} FETCH (FLAGS {}", i + 1, flags_text(&m.flags));
+                if qresync {
+                    line.push_str(&format!(" UID {}", m.uid));
                 }
+                if condstore {
+                    line.push_str(&format!(" MODSEQ ({})", m.modseq.get()));
+                }
+                line.push_str(")\r\n");
+                buf.extend_from_slice(line.as_bytes());
             }
         }
     }
@@ -1060,11 +1070,7 @@ fn apply_changes(
     let max = sel.max_uid();
     let mut added = false;
     for e in current.iter().filter(|e| e.uid.get() > max) {
-        sel.view.push(ViewMsg {
-            uid: e.uid.get(),
-            modseq: e.modseq.get(),
-            flags: e.flags.clone(),
-        });
+        Arc::make_mut(&mut sel.view).push(e.clone());
         added = true;
     }
     if added {

@@ -211,7 +211,7 @@ const PARALLEL_FLAGS_MIN: usize = 4096;
 
 /// Decrypted flags by (mailbox, message) with the MODSEQ they were read at, kept in the
 /// keyring's cache (see `Keyring::with_cache`).
-type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Vec<Flag>)>;
+type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Arc<[Flag]>)>;
 /// Entries kept per user before the cache starts over (about 100 bytes each, so ~30 MB).
 const FLAGS_CACHE_MAX: usize = 300_000;
 
@@ -263,7 +263,7 @@ fn decrypt_flags(k: &Keyring, rows: &[coffer_store::FlagRow]) -> Result<Vec<Flag
         out.push(FlagsEntry {
             uid: row.uid,
             modseq: row.modseq,
-            flags,
+            flags: flags.into(),
         });
     }
     Ok(out)
@@ -282,7 +282,9 @@ pub struct Mail {
 pub struct FlagsEntry {
     pub uid: Uid,
     pub modseq: ModSeq,
-    pub flags: Vec<Flag>,
+    /// Shared, so that copying a mailbox's view (SELECT of a cached view: one entry per
+    /// message) costs a reference count per message instead of an allocation.
+    pub flags: Arc<[Flag]>,
 }
 
 impl Mail {
@@ -357,7 +359,7 @@ impl Mail {
             out.push(FlagsEntry {
                 uid: row.uid,
                 modseq: row.modseq,
-                flags,
+                flags: flags.into(),
             });
         }
         Ok(out)

@@ -687,7 +687,7 @@ async fn the_kept_mailbox_view_follows_every_kind_of_change() {
         let mut got: Vec<_> = view
             .iter()
             .map(|e| {
-                let mut f = e.flags.clone();
+                let mut f = e.flags.to_vec();
                 f.sort();
                 (e.uid, e.modseq, f)
             })
