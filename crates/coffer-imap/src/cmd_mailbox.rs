@@ -91,7 +91,8 @@ impl Session {
             Ok(None) => return Done::no("[NONEXISTENT] No such mailbox"),
             Err(e) => return mail_err(e),
         };
-        let entries = match self
+        // The cached view itself, shared until this session changes it (`Selected::view`).
+        let view = match self
             .ctx
             .mail
             .flags_view_at(session, mb.id, mb.uid_next, mb.highest_modseq)
@@ -100,7 +101,6 @@ impl Session {
             Ok(v) => v,
             Err(e) => return mail_err(e),
         };
-        let view = entries;
         let mut keywords: Vec<String> = view
             .iter()
             .flat_map(|m| m.flags.iter())

@@ -1037,20 +1037,20 @@ fn apply_changes(
     }
     // Flag changes. The view may be shared with the keyring's cache: it is copied
     // (`Arc::make_mut`) only when something in it changes.
-    let changed: Vec<usize> = sel
+    let changed: Vec<(usize, &FlagsEntry)> = sel
         .view
         .iter()
         .enumerate()
-        .filter(|(_, m)| now.get(&m.uid.get()).is_some_and(|e| e.modseq != m.modseq))
-        .map(|(i, _)| i)
+        .filter_map(|(i, m)| {
+            now.get(&m.uid.get())
+                .filter(|e| e.modseq != m.modseq)
+                .map(|e| (i, *e))
+        })
         .collect();
     if !changed.is_empty() {
         let view = Arc::make_mut(&mut sel.view);
-        for i in changed {
+        for (i, e) in changed {
             let m = &mut view[i];
-            let Some(e) = now.get(&m.uid.get()) else {
-                continue;
-            };
             m.modseq = e.modseq;
             if e.flags != m.flags {
                 m.flags = e.flags.clone();

@@ -654,31 +654,46 @@ pub fn idle(s: &Settings, t: &mut Target) -> Result<(f64, f64, String), BoxError
     Ok((per, pss, detail))
 }
 
-/// Single-core ChaCha20-Poly1305 (the AEAD of age's payload, 64 KiB chunks) over a
-/// 10 MiB buffer: MB/s on this machine, for comparison with workload 7.
-pub fn chacha_baseline(smoke: bool) -> (f64, String) {
-    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-    use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-    let cipher = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));
+/// Single-core AEAD throughput in MB/s: `seal(nonce, chunk)` encrypts one 64 KiB chunk
+/// of a 10 MiB buffer in place; one call of the harness seals the whole buffer. Returns
+/// the median and the rounds × calls it came from.
+fn aead_throughput(smoke: bool, mut seal: impl FnMut([u8; 12], &mut [u8])) -> (f64, String) {
     let mut buf = vec![0u8; 10 * 1024 * 1024];
     let budget = Duration::from_secs_f64(if smoke { 0.05 } else { 2.0 });
     let r = harness::rounds(budget, 5, || {
         for (i, chunk) in buf.chunks_mut(64 * 1024).enumerate() {
             let mut nonce = [0u8; 12];
             nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let tag = cipher
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", chunk)
-                .expect("a chunk encrypts");
-            std::hint::black_box(tag);
+            seal(nonce, chunk);
         }
     });
     let secs = harness::Summary::of(&r.seconds_per_call).median;
     (
         buf.len() as f64 / secs / 1e6,
         format!(
-            "chacha20poly1305 crate, encrypt in place, 64 KiB chunks of a 10 MiB buffer, median of {} rounds × {} calls",
+            "median of {} rounds × {} calls",
             r.seconds_per_call.len(),
             r.calls_per_round
+        ),
+    )
+}
+
+/// Single-core ChaCha20-Poly1305 (the AEAD of age's payload, 64 KiB chunks) over a
+/// 10 MiB buffer: MB/s on this machine, for comparison with workload 7.
+pub fn chacha_baseline(smoke: bool) -> (f64, String) {
+    use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+    use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+    let cipher = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));
+    let (mbps, rounds) = aead_throughput(smoke, |nonce, chunk| {
+        let tag = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", chunk)
+            .expect("a chunk encrypts");
+        std::hint::black_box(tag);
+    });
+    (
+        mbps,
+        format!(
+            "chacha20poly1305 crate, encrypt in place, 64 KiB chunks of a 10 MiB buffer, {rounds}"
         ),
     )
 }
@@ -690,29 +705,16 @@ pub fn chacha_ring(smoke: bool) -> (f64, String) {
     use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
     let key =
         LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7u8; 32]).expect("a 32-byte key"));
-    let mut buf = vec![0u8; 10 * 1024 * 1024];
-    let budget = Duration::from_secs_f64(if smoke { 0.05 } else { 2.0 });
-    let r = harness::rounds(budget, 5, || {
-        for (i, chunk) in buf.chunks_mut(64 * 1024).enumerate() {
-            let mut nonce = [0u8; 12];
-            nonce[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            let tag = key
-                .seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::empty(),
-                    chunk,
-                )
-                .expect("a chunk encrypts");
-            let _ = std::hint::black_box(tag);
-        }
+    let (mbps, rounds) = aead_throughput(smoke, |nonce, chunk| {
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), chunk)
+            .expect("a chunk encrypts");
+        let _ = std::hint::black_box(tag);
     });
-    let secs = harness::Summary::of(&r.seconds_per_call).median;
     (
-        buf.len() as f64 / secs / 1e6,
+        mbps,
         format!(
-            "ring crate, the same buffer and chunks, median of {} rounds × {} calls; for comparison only, the target is half of the line above",
-            r.seconds_per_call.len(),
-            r.calls_per_round
+            "ring crate, the same buffer and chunks, {rounds}; for comparison only, the target is half of the line above"
         ),
     )
 }
