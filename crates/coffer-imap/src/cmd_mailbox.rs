@@ -91,35 +91,26 @@ impl Session {
             Ok(None) => return Done::no("[NONEXISTENT] No such mailbox"),
             Err(e) => return mail_err(e),
         };
-        // The cached view itself, shared until this session changes it (`Selected::view`).
-        let view = match self
+        // The cached view itself, shared until this session changes it (`Selected::view`),
+        // and its cached summary (keywords, first unseen).
+        let (view, summary) = match self
             .ctx
             .mail
-            .flags_view_at(session, mb.id, mb.uid_next, mb.highest_modseq)
+            .select_view(session, mb.id, mb.uid_next, mb.highest_modseq)
             .await
         {
             Ok(v) => v,
             Err(e) => return mail_err(e),
         };
-        let mut keywords: Vec<String> = view
-            .iter()
-            .flat_map(|m| m.flags.iter())
-            .filter_map(|f| match f {
-                Flag::Keyword(k) => Some(k.clone()),
-                _ => None,
-            })
-            .collect();
-        keywords.sort();
-        keywords.dedup();
         let mut flags = String::from("\\Answered \\Flagged \\Deleted \\Seen \\Draft");
-        for k in &keywords {
+        for k in &summary.keywords {
             flags.push(' ');
             flags.push_str(k);
         }
         out.line(&format!("* {} EXISTS", view.len()));
         if !self.rev2 {
             out.line("* 0 RECENT");
-            if let Some(i) = view.iter().position(|m| !m.flags.contains(&Flag::Seen)) {
+            if let Some(i) = summary.first_unseen {
                 out.line(&format!("* OK [UNSEEN {}] First unseen", i + 1));
             }
         }

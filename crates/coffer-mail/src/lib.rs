@@ -214,10 +214,55 @@ const PARALLEL_FLAGS_MIN: usize = 4096;
 type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Arc<[Flag]>)>;
 /// Entries kept per user before the cache starts over (about 100 bytes each, so ~30 MB).
 const FLAGS_CACHE_MAX: usize = 300_000;
+/// View summaries kept per user (one per mailbox; a few hundred bytes each).
+const SUMMARY_CACHE_MAX: usize = 4096;
 
 /// Whole mailbox views by mailbox, with the (UIDNEXT, HIGHESTMODSEQ, keyring generations)
 /// they were read at (see [`Mail::flags_view`]); at most [`FLAGS_CACHE_MAX`] entries in all.
 type ViewCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<Vec<FlagsEntry>>)>;
+
+/// What SELECT announces of a view besides its length, kept beside the view under the
+/// same stamp (see [`Mail::select_view`]) so that reopening an unchanged mailbox does not
+/// walk every message again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewSummary {
+    /// The keywords set on at least one message, sorted, each once.
+    pub keywords: Vec<String>,
+    /// Position (from 0) in the view of the first message without `\Seen`.
+    pub first_unseen: Option<usize>,
+}
+
+impl ViewSummary {
+    pub fn of(view: &[FlagsEntry]) -> Self {
+        let mut keywords: Vec<String> = Vec::new();
+        let mut first_unseen = None;
+        for (i, m) in view.iter().enumerate() {
+            let mut seen = false;
+            for f in m.flags.iter() {
+                match f {
+                    Flag::Seen => seen = true,
+                    // Few distinct keywords in practice: a sorted Vec beats a set here.
+                    Flag::Keyword(k) => {
+                        if let Err(at) = keywords.binary_search(k) {
+                            keywords.insert(at, k.clone());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !seen && first_unseen.is_none() {
+                first_unseen = Some(i);
+            }
+        }
+        ViewSummary {
+            keywords,
+            first_unseen,
+        }
+    }
+}
+
+/// Summaries by mailbox with the stamp of the view they describe.
+type SummaryCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<ViewSummary>)>;
 
 /// `old` (a view in UID order) with the rows of `changed_uids` and `gone` taken out and
 /// `fresh` (the changed rows' entries, in UID order) put in: the view as of now.
@@ -442,6 +487,45 @@ impl Mail {
             })
         })?;
         Ok(view)
+    }
+
+    /// [`Mail::flags_view_at`] with its [`ViewSummary`], both cached in the keyring under
+    /// the same stamp: what SELECT and EXAMINE need.
+    pub async fn select_view(
+        &self,
+        session: &Unlocked,
+        mailbox: MailboxId,
+        uid_next: u32,
+        highest_modseq: u64,
+    ) -> Result<(Arc<Vec<FlagsEntry>>, Arc<ViewSummary>)> {
+        let view = self
+            .flags_view_at(session, mailbox, uid_next, highest_modseq)
+            .await?;
+        let stamp = session.with(|k| (uid_next, highest_modseq, k.generation_count()))?;
+        let hit = session.with(|k| {
+            k.with_cache(|sums: &mut SummaryCache| {
+                sums.get(&mailbox)
+                    .filter(|(s, _)| *s == stamp)
+                    .map(|(_, v)| v.clone())
+            })
+        })?;
+        let summary = match hit {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(ViewSummary::of(&view));
+                session.with(|k| {
+                    k.with_cache(|sums: &mut SummaryCache| {
+                        // One entry per mailbox; a user with very many starts over.
+                        if sums.len() >= SUMMARY_CACHE_MAX {
+                            sums.clear();
+                        }
+                        sums.insert(mailbox, (stamp, s.clone()));
+                    })
+                })?;
+                s
+            }
+        };
+        Ok((view, summary))
     }
 
     /// [`Mail::flags_view`] read from the store, decrypting what the flags cache lacks.

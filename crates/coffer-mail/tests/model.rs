@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use coffer_mail::{FlagOp, InternalDate, MailError};
 use coffer_store::{SealRef, Store};
 use coffer_types::{Flag, MailboxName, SecurityMode, SpecialUse};
@@ -695,6 +697,42 @@ async fn the_kept_mailbox_view_follows_every_kind_of_change() {
         got.sort_by_key(|e| e.0);
         let want = whole(t.mail.messages(&s, inbox.id).await.unwrap());
         assert_eq!(got, want, "after step {step} (kind {kind})");
+        // SELECT's summary of the view: keywords in use and the first unseen message,
+        // computed once per state and then served from the cache.
+        let mb = t.mail.get_mailbox(&s, inbox.id).await.unwrap();
+        let (_, summary) = t
+            .mail
+            .select_view(&s, inbox.id, mb.uid_next, mb.highest_modseq)
+            .await
+            .unwrap();
+        let mut keywords: Vec<String> = want
+            .iter()
+            .flat_map(|(_, _, f)| f.iter())
+            .filter_map(|f| match f {
+                Flag::Keyword(k) => Some(k.clone()),
+                _ => None,
+            })
+            .collect();
+        keywords.sort();
+        keywords.dedup();
+        let first_unseen = want.iter().position(|(_, _, f)| !f.contains(&Flag::Seen));
+        assert_eq!(
+            summary.keywords, keywords,
+            "after step {step} (kind {kind})"
+        );
+        assert_eq!(
+            summary.first_unseen, first_unseen,
+            "after step {step} (kind {kind})"
+        );
+        let (_, again) = t
+            .mail
+            .select_view(&s, inbox.id, mb.uid_next, mb.highest_modseq)
+            .await
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&summary, &again),
+            "an unchanged mailbox's summary is cached"
+        );
     }
     assert!(kinds.len() >= 6, "every kind of change ran: {kinds:?}");
 }
