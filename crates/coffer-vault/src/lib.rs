@@ -6,6 +6,7 @@
 //! where it deviates is `docs/SECURITY.md`; the bytes at rest are `docs/FORMAT.md`.
 #![forbid(unsafe_code)]
 
+mod age_open;
 pub mod body;
 mod error;
 pub mod kdf;
