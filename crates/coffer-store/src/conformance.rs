@@ -306,6 +306,22 @@ async fn messages_uids_and_modseqs(store: &dyn Store) {
         some.iter().map(|m| m.uid.get()).collect::<Vec<_>>(),
         vec![2, 4]
     );
+    // A run of consecutive UIDs (one range read in the embedded store), duplicated and out
+    // of order, and a run reaching past the last UID.
+    let uids = |v: &[u32]| v.iter().map(|u| Uid::new(*u).unwrap()).collect::<Vec<_>>();
+    for (asked, want) in [
+        (vec![3, 2, 4, 3], vec![2, 3, 4]),
+        (vec![4, 5, 6, 7], vec![4, 5]),
+        (vec![1, 2, 3, 4, 5], vec![1, 2, 3, 4, 5]),
+        (vec![5], vec![5]),
+    ] {
+        let got = store.get_messages(&u, inbox, uids(&asked)).await.unwrap();
+        assert_eq!(
+            got.iter().map(|m| m.uid.get()).collect::<Vec<_>>(),
+            want,
+            "asked for {asked:?}"
+        );
+    }
     assert!(
         store
             .get_messages(&user(1), inbox, vec![Uid::new(2).unwrap()])

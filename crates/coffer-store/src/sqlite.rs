@@ -1494,13 +1494,19 @@ impl Store for SqliteStore {
             sorted.dedup();
             // SQLite allows 32766 host parameters; stay well under it.
             for chunk in sorted.chunks(500) {
-                let marks = vec!["?"; chunk.len()].join(",");
-                let sql = format!(
-                    "SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND user_id = ? AND uid IN ({marks}) ORDER BY uid"
-                );
-                let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
                 let mut values: Vec<rusqlite::types::Value> = vec![mailbox.0.into(), user.as_bytes().to_vec().into()];
-                values.extend(chunk.iter().map(|u| rusqlite::types::Value::from(*u as i64)));
+                let (first, last) = (chunk[0], chunk[chunk.len() - 1]);
+                // A run of consecutive UIDs (the last 50, a page of a list) is one range
+                // scan of the index instead of one lookup per UID.
+                let sql = if (last - first) as usize + 1 == chunk.len() {
+                    values.extend([i64::from(first).into(), i64::from(last).into()]);
+                    format!("SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND user_id = ? AND uid BETWEEN ? AND ? ORDER BY uid")
+                } else {
+                    values.extend(chunk.iter().map(|u| rusqlite::types::Value::from(*u as i64)));
+                    let marks = vec!["?"; chunk.len()].join(",");
+                    format!("SELECT {MESSAGE_COLS} FROM messages WHERE mailbox_id = ? AND user_id = ? AND uid IN ({marks}) ORDER BY uid")
+                };
+                let mut stmt = c.prepare_cached(&sql).map_err(db_err)?;
                 let raws = stmt
                     .query_map(rusqlite::params_from_iter(values), message_raw)
                     .map_err(db_err)?
