@@ -1934,8 +1934,10 @@ impl Store for SqliteStore {
                 return Ok(Box::new(std::io::Cursor::new(data)) as crate::BlobReader);
             }
             let file = fs::File::open(&path).map_err(|e| blob_read_error(&blob, e))?;
-            // A little more than one age chunk (64 KiB + tag) per read.
-            Ok(Box::new(std::io::BufReader::with_capacity(128 * 1024, file)) as crate::BlobReader)
+            // Small: the body reader asks for whole age chunks (64 KiB + tag + 1), which a
+            // BufReader smaller than that reads straight into the caller's buffer instead of
+            // copying them through its own; this one serves the header lines.
+            Ok(Box::new(std::io::BufReader::with_capacity(16 * 1024, file)) as crate::BlobReader)
         })
         .await
     }

@@ -45,6 +45,9 @@ const PAYLOAD_NONCE_LEN: usize = 16;
 pub const CHUNK: usize = 64 * 1024;
 const TAG: usize = 16;
 const SEALED_CHUNK: usize = CHUNK + TAG;
+/// A sealed chunk and the first byte after it: whether that byte exists tells whether the
+/// chunk is the last, without a buffered peek (which would copy every chunk once more).
+const READ_AHEAD: usize = SEALED_CHUNK + 1;
 
 fn hkdf_sha256(salt: &[u8], info: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut okm = Zeroizing::new([0u8; 32]);
@@ -128,7 +131,8 @@ pub fn open<R: BufRead>(
         input,
         key,
         counter: 0,
-        buf: Zeroizing::new(vec![0u8; SEALED_CHUNK]),
+        buf: Zeroizing::new(vec![0u8; READ_AHEAD]),
+        carry: None,
         pos: 0,
         end: 0,
         done: false,
@@ -145,6 +149,8 @@ pub struct PayloadReader<R> {
     counter: u64,
     /// The current chunk, opened in place; `pos..end` is what is left to hand out.
     buf: Zeroizing<Vec<u8>>,
+    /// The first byte of the next sealed chunk, read with the one before it.
+    carry: Option<u8>,
     pos: usize,
     end: usize,
     done: bool,
@@ -158,12 +164,16 @@ fn broken() -> std::io::Error {
 }
 
 impl<R: BufRead> PayloadReader<R> {
-    /// Reads the next sealed chunk into `into` (at least [`SEALED_CHUNK`] bytes) and opens
+    /// Reads the next sealed chunk into `into` (at least [`READ_AHEAD`] bytes) and opens
     /// it there: the plaintext length.
     fn next_chunk(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
-        let into = &mut into[..SEALED_CHUNK];
+        let into = &mut into[..READ_AHEAD];
         let mut n = 0;
-        while n < SEALED_CHUNK {
+        if let Some(b) = self.carry.take() {
+            into[0] = b;
+            n = 1;
+        }
+        while n < READ_AHEAD {
             match self.input.read(&mut into[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
@@ -171,8 +181,13 @@ impl<R: BufRead> PayloadReader<R> {
                 Err(e) => return Err(e),
             }
         }
-        // A full chunk is the last one when nothing follows it.
-        let last = n < SEALED_CHUNK || self.input.fill_buf()?.is_empty();
+        // A chunk is the last one when nothing follows it; a byte that does follow it
+        // belongs to the next chunk.
+        let last = n <= SEALED_CHUNK;
+        if !last {
+            self.carry = Some(into[SEALED_CHUNK]);
+            n = SEALED_CHUNK;
+        }
         if n < TAG || (last && n == TAG && self.counter > 0) {
             // Too short for a tag, or an empty last chunk after others (age's rule: the
             // last chunk is empty only when the whole payload is).
@@ -205,7 +220,7 @@ impl<R: BufRead> Read for PayloadReader<R> {
             if self.done {
                 return Ok(0);
             }
-            if out.len() >= SEALED_CHUNK {
+            if out.len() >= READ_AHEAD {
                 // Room for a whole sealed chunk: opened in the caller's buffer, no copy.
                 return self.next_chunk(out);
             }
@@ -286,7 +301,7 @@ mod tests {
         ] {
             let plain: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
             let sealed = seal(&id, &plain);
-            for step in [1000, SEALED_CHUNK, 256 * 1024] {
+            for step in [1000, SEALED_CHUNK, READ_AHEAD, 256 * 1024] {
                 assert_eq!(
                     ours(&id, &sealed, step).unwrap(),
                     plain,
@@ -294,6 +309,39 @@ mod tests {
                 );
             }
             assert_eq!(theirs(&id, &sealed).unwrap(), plain);
+        }
+    }
+
+    /// A source that hands out a few hundred bytes per read (as a socket or a small file
+    /// buffer may), behind a small BufReader: chunks are put together across reads.
+    #[test]
+    fn short_reads_from_the_source_are_put_together() {
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+                let n = out.len().min(self.0.len()).min(777);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let id = identity();
+        for size in [0usize, CHUNK, 2 * CHUNK + 5] {
+            let plain: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
+            let sealed = seal(&id, &plain);
+            for step in [100, READ_AHEAD] {
+                let src = std::io::BufReader::with_capacity(100, Trickle(&sealed));
+                let mut r = open(&id, src).unwrap();
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; step];
+                loop {
+                    match r.read(&mut buf).unwrap() {
+                        0 => break,
+                        n => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                assert_eq!(got, plain, "size {size} step {step}");
+            }
         }
     }
 
