@@ -94,7 +94,7 @@ pub struct CompareArgs {
     /// [default: 2000; smoke: 10]
     #[arg(long, value_name = "K")]
     idle_connections: Option<usize>,
-    /// FETCH BODY[] of the 10 MiB message per server per round [default: 5; smoke: 1]
+    /// FETCH BODY[] of the 10 MiB message per server per round [default: 20; smoke: 1]
     #[arg(long, value_name = "N")]
     body_fetches: Option<usize>,
     /// Run Coffer on PostgreSQL instead of its embedded store: the URL of an empty database
@@ -227,7 +227,7 @@ impl Settings {
             big_messages: pick(a.big_messages, 100_000, 50),
             mailbox_sessions: pick(a.mailbox_sessions, 5, 1),
             idle_connections: pick(a.idle_connections, 2000, 10),
-            body_fetches: pick(a.body_fetches, 5, 1),
+            body_fetches: pick(a.body_fetches, 20, 1),
             timeout: Duration::from_secs(120),
             coffer_storage_url: a.coffer_storage_url,
             coffer_nodes: a.coffer_nodes.unwrap_or(1),
