@@ -136,6 +136,7 @@ pub fn open<R: BufRead>(
         pos: 0,
         end: 0,
         done: false,
+        failed: false,
     })
 }
 
@@ -154,6 +155,8 @@ pub struct PayloadReader<R> {
     pos: usize,
     end: usize,
     done: bool,
+    /// A chunk failed its check (or the source failed): every later read fails too.
+    failed: bool,
 }
 
 fn broken() -> std::io::Error {
@@ -216,19 +219,28 @@ impl<R: BufRead> Read for PayloadReader<R> {
         if out.is_empty() {
             return Ok(0);
         }
+        if self.failed {
+            return Err(broken());
+        }
         if self.pos == self.end {
             if self.done {
                 return Ok(0);
             }
             if out.len() >= READ_AHEAD {
                 // Room for a whole sealed chunk: opened in the caller's buffer, no copy.
-                return self.next_chunk(out);
+                let got = self.next_chunk(out);
+                self.failed = got.is_err();
+                return got;
             }
             let mut buf = std::mem::take(&mut self.buf);
             let got = self.next_chunk(&mut buf);
             self.buf = buf;
             self.pos = 0;
-            self.end = got?;
+            self.failed = got.is_err();
+            self.end = got.unwrap_or(0);
+            if self.failed {
+                return Err(broken());
+            }
             if self.end == 0 {
                 return Ok(0);
             }
@@ -407,6 +419,28 @@ mod tests {
         let appended = [head, chunk(0), chunk(1), chunk(2), chunk(2)].concat();
         let mut empty_tail = sealed.clone();
         empty_tail.extend_from_slice(&[0u8; TAG]);
+        // A reader that failed keeps failing, even if the caller reads on: here a forged
+        // chunk is put before the genuine second one, which would open under the counter
+        // the failed chunk did not use up.
+        let forged = [
+            head,
+            chunk(0),
+            &[0x55u8; SEALED_CHUNK][..],
+            chunk(1),
+            chunk(2),
+        ]
+        .concat();
+        let mut r = open(&id, forged.as_slice()).unwrap();
+        let mut buf = vec![0u8; READ_AHEAD];
+        assert_eq!(
+            r.read(&mut buf).unwrap(),
+            CHUNK,
+            "the first chunk is genuine"
+        );
+        assert!(r.read(&mut buf).is_err(), "the forged chunk");
+        for _ in 0..3 {
+            assert!(r.read(&mut buf).is_err(), "a read after a failed chunk");
+        }
         for (what, bytes) in [
             ("dropped", dropped),
             ("swapped", swapped),
