@@ -498,10 +498,13 @@ impl Mail {
         uid_next: u32,
         highest_modseq: u64,
     ) -> Result<(Arc<Vec<FlagsEntry>>, Arc<ViewSummary>)> {
+        // Taken before the view: should a generation be reopened meanwhile, the view is
+        // newer than the stamp the summary is kept under, and the next SELECT (with the
+        // new stamp) computes its own.
+        let stamp = session.with(|k| (uid_next, highest_modseq, k.generation_count()))?;
         let view = self
             .flags_view_at(session, mailbox, uid_next, highest_modseq)
             .await?;
-        let stamp = session.with(|k| (uid_next, highest_modseq, k.generation_count()))?;
         let hit = session.with(|k| {
             k.with_cache(|sums: &mut SummaryCache| {
                 sums.get(&mailbox)
