@@ -984,17 +984,7 @@ impl Session {
         out.line(&format!("* OK [{code}] Moved"));
         let qresync = self.qresync;
         if let Some(sel) = self.selected.as_mut() {
-            if qresync {
-                out.line(&format!("* VANISHED {}", uid_set_text(&src)));
-                std::sync::Arc::make_mut(&mut sel.view).retain(|m| !src.contains(&m.uid.get()));
-            } else {
-                for i in (0..sel.view.len()).rev() {
-                    if src.contains(&sel.view[i].uid.get()) {
-                        out.line(&format!("* {} EXPUNGE", i + 1));
-                        std::sync::Arc::make_mut(&mut sel.view).remove(i);
-                    }
-                }
-            }
+            out.bytes(&sel.remove_uids(&src, qresync));
         }
         Done::ok("MOVE completed")
     }
@@ -1041,17 +1031,7 @@ impl Session {
         let removed: Vec<u32> = removed.iter().map(|u| u.get()).collect();
         let qresync = self.qresync;
         if let Some(sel) = self.selected.as_mut() {
-            if qresync && !removed.is_empty() {
-                out.line(&format!("* VANISHED {}", uid_set_text(&removed)));
-                std::sync::Arc::make_mut(&mut sel.view).retain(|m| !removed.contains(&m.uid.get()));
-            } else {
-                for i in (0..sel.view.len()).rev() {
-                    if removed.contains(&sel.view[i].uid.get()) {
-                        out.line(&format!("* {} EXPUNGE", i + 1));
-                        std::sync::Arc::make_mut(&mut sel.view).remove(i);
-                    }
-                }
-            }
+            out.bytes(&sel.remove_uids(&removed, qresync));
         }
         Done::ok("EXPUNGE completed")
     }

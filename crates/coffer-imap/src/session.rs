@@ -116,6 +116,33 @@ impl Selected {
     pub fn max_uid(&self) -> u32 {
         self.view.last().map(|m| m.uid.get()).unwrap_or(0)
     }
+
+    /// Takes the messages with these UIDs out of the view in one pass (copying a view
+    /// shared with the keyring's cache once) and returns what the client must be told:
+    /// `* VANISHED` under QRESYNC (RFC 7162 §3.2.10), otherwise one `* n EXPUNGE` per
+    /// message, highest sequence number first so that the lower ones stay valid (RFC 9051
+    /// §7.5.1). Nothing when none of them is in the view.
+    pub fn remove_uids(&mut self, uids: &[u32], qresync: bool) -> Vec<u8> {
+        let mut gone = uids.to_vec();
+        gone.sort_unstable();
+        let is_gone = |m: &ViewMsg| gone.binary_search(&m.uid.get()).is_ok();
+        let seqs: Vec<usize> = (0..self.view.len())
+            .rev()
+            .filter(|&i| is_gone(&self.view[i]))
+            .map(|i| i + 1)
+            .collect();
+        if seqs.is_empty() {
+            return Vec::new();
+        }
+        Arc::make_mut(&mut self.view).retain(|m| !is_gone(m));
+        if qresync {
+            format!("* VANISHED {}\r\n", uid_set_text(uids)).into_bytes()
+        } else {
+            seqs.iter()
+                .flat_map(|n| format!("* {n} EXPUNGE\r\n").into_bytes())
+                .collect()
+        }
+    }
 }
 
 pub struct Session {
@@ -1019,18 +1046,7 @@ fn apply_changes(
         .map(|m| m.uid.get())
         .collect();
     if allow_expunge && !gone.is_empty() {
-        if qresync {
-            buf.extend_from_slice(format!("* VANISHED {}\r\n", uid_set_text(&gone)).as_bytes());
-            Arc::make_mut(&mut sel.view).retain(|m| now.contains_key(&m.uid.get()));
-        } else {
-            // Highest sequence numbers first so earlier numbers stay valid.
-            for i in (0..sel.view.len()).rev() {
-                if !now.contains_key(&sel.view[i].uid.get()) {
-                    buf.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
-                    Arc::make_mut(&mut sel.view).remove(i);
-                }
-            }
-        }
+        buf.extend(sel.remove_uids(&gone, qresync));
         sel.pending_expunge.clear();
     } else if !gone.is_empty() {
         sel.pending_expunge = gone;
@@ -1100,4 +1116,62 @@ pub(crate) fn uid_set_text(uids: &[u32]) -> String {
         i += 1;
     }
     parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coffer_types::{Generation, MailboxId, MailboxName, ModSeq, Uid, UidValidity};
+
+    fn selected(uids: &[u32]) -> Selected {
+        let view: Vec<ViewMsg> = uids
+            .iter()
+            .map(|&u| ViewMsg {
+                uid: Uid::new(u).unwrap(),
+                modseq: ModSeq::new(u as u64).unwrap(),
+                flags: Vec::new().into(),
+            })
+            .collect();
+        Selected {
+            mailbox: Mailbox {
+                id: MailboxId(1),
+                name: MailboxName::new("INBOX").unwrap(),
+                special_use: None,
+                subscribed: true,
+                uid_validity: UidValidity::new(1).unwrap(),
+                uid_next: 100,
+                highest_modseq: 100,
+                generation: Generation(1),
+            },
+            read_only: false,
+            view: Arc::new(view),
+            highest_modseq: 100,
+            uid_next: 100,
+            pending_expunge: Vec::new(),
+        }
+    }
+
+    fn uids(sel: &Selected) -> Vec<u32> {
+        sel.view.iter().map(|m| m.uid.get()).collect()
+    }
+
+    #[test]
+    fn removing_uids_announces_highest_sequence_first_and_leaves_a_shared_view_alone() {
+        let mut sel = selected(&[3, 5, 8, 13, 21, 34]);
+        let shared = sel.view.clone();
+        let said = sel.remove_uids(&[21, 5, 99], false);
+        assert_eq!(
+            String::from_utf8(said).unwrap(),
+            "* 5 EXPUNGE\r\n* 2 EXPUNGE\r\n"
+        );
+        assert_eq!(uids(&sel), [3, 8, 13, 34]);
+        assert_eq!(shared.len(), 6, "the cached view another session shares is unchanged");
+
+        let said = sel.remove_uids(&[13, 8], true);
+        assert_eq!(String::from_utf8(said).unwrap(), "* VANISHED 8,13\r\n");
+        assert_eq!(uids(&sel), [3, 34]);
+
+        assert!(sel.remove_uids(&[77], true).is_empty(), "nothing in the view");
+        assert_eq!(uids(&sel), [3, 34]);
+    }
 }
