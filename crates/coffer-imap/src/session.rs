@@ -1165,13 +1165,20 @@ mod tests {
             "* 5 EXPUNGE\r\n* 2 EXPUNGE\r\n"
         );
         assert_eq!(uids(&sel), [3, 8, 13, 34]);
-        assert_eq!(shared.len(), 6, "the cached view another session shares is unchanged");
+        assert_eq!(
+            shared.len(),
+            6,
+            "the cached view another session shares is unchanged"
+        );
 
         let said = sel.remove_uids(&[13, 8], true);
         assert_eq!(String::from_utf8(said).unwrap(), "* VANISHED 8,13\r\n");
         assert_eq!(uids(&sel), [3, 34]);
 
-        assert!(sel.remove_uids(&[77], true).is_empty(), "nothing in the view");
+        assert!(
+            sel.remove_uids(&[77], true).is_empty(),
+            "nothing in the view"
+        );
         assert_eq!(uids(&sel), [3, 34]);
     }
 }

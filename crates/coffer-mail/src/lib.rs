@@ -214,16 +214,22 @@ const PARALLEL_FLAGS_MIN: usize = 4096;
 type FlagsCache = std::collections::HashMap<(MailboxId, MsgId), (ModSeq, Arc<[Flag]>)>;
 /// Entries kept per user before the cache starts over (about 100 bytes each, so ~30 MB).
 const FLAGS_CACHE_MAX: usize = 300_000;
-/// View summaries kept per user (one per mailbox; a few hundred bytes each).
-const SUMMARY_CACHE_MAX: usize = 4096;
 
-/// Whole mailbox views by mailbox, with the (UIDNEXT, HIGHESTMODSEQ, keyring generations)
-/// they were read at (see [`Mail::flags_view`]); at most [`FLAGS_CACHE_MAX`] entries in all.
-type ViewCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<Vec<FlagsEntry>>)>;
+/// Whole mailbox views by mailbox (see [`Mail::flags_view`]); at most [`FLAGS_CACHE_MAX`]
+/// entries in all.
+type ViewCache = std::collections::HashMap<MailboxId, CachedView>;
 
-/// What SELECT announces of a view besides its length, kept beside the view under the
-/// same stamp (see [`Mail::select_view`]) so that reopening an unchanged mailbox does not
-/// walk every message again.
+struct CachedView {
+    /// The (UIDNEXT, HIGHESTMODSEQ, keyring generations) the view was read at.
+    stamp: (u32, u64, usize),
+    view: Arc<Vec<FlagsEntry>>,
+    /// SELECT's summary of this very view, once a SELECT has asked for it.
+    summary: Option<Arc<ViewSummary>>,
+}
+
+/// What SELECT announces of a view besides its length, kept with the cached view (see
+/// [`Mail::select_view`]) so that reopening an unchanged mailbox does not walk every
+/// message again.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ViewSummary {
     /// The keywords set on at least one message, sorted, each once.
@@ -260,9 +266,6 @@ impl ViewSummary {
         }
     }
 }
-
-/// Summaries by mailbox with the stamp of the view they describe.
-type SummaryCache = std::collections::HashMap<MailboxId, ((u32, u64, usize), Arc<ViewSummary>)>;
 
 /// `old` (a view in UID order) with the rows of `changed_uids` and `gone` taken out and
 /// `fresh` (the changed rows' entries, in UID order) put in: the view as of now.
@@ -446,8 +449,8 @@ impl Mail {
             k.with_cache(|views: &mut ViewCache| {
                 views
                     .get(&mailbox)
-                    .filter(|(s, _)| *s == stamp)
-                    .map(|(_, v)| v.clone())
+                    .filter(|c| c.stamp == stamp)
+                    .map(|c| c.view.clone())
             })
         })?;
         if let Some(view) = hit {
@@ -459,10 +462,11 @@ impl Mail {
             k.with_cache(|views: &mut ViewCache| {
                 views
                     .get(&mailbox)
-                    .filter(|((u, m, g), _)| {
-                        *g == stamp.2 && *u <= uid_next && *m <= highest_modseq
+                    .filter(|c| {
+                        let (u, m, g) = c.stamp;
+                        g == stamp.2 && u <= uid_next && m <= highest_modseq
                     })
-                    .map(|((_, m, _), v)| (*m, v.clone()))
+                    .map(|c| (c.stamp.1, c.view.clone()))
             })
         })?;
         let view = Arc::new(match earlier {
@@ -479,18 +483,26 @@ impl Mail {
         });
         session.with(|k| {
             k.with_cache(|views: &mut ViewCache| {
-                let held: usize = views.values().map(|(_, v)| v.len()).sum();
+                let held: usize = views.values().map(|c| c.view.len()).sum();
                 if held + view.len() > FLAGS_CACHE_MAX {
                     views.clear();
                 }
-                views.insert(mailbox, (stamp, view.clone()));
+                views.insert(
+                    mailbox,
+                    CachedView {
+                        stamp,
+                        view: view.clone(),
+                        summary: None,
+                    },
+                );
             })
         })?;
         Ok(view)
     }
 
-    /// [`Mail::flags_view_at`] with its [`ViewSummary`], both cached in the keyring under
-    /// the same stamp: what SELECT and EXAMINE need.
+    /// [`Mail::flags_view_at`] with its [`ViewSummary`]: what SELECT and EXAMINE need. The
+    /// summary is kept with the cached view it describes (the same `Arc`), so it is
+    /// computed once per state of the mailbox and goes when the view does.
     pub async fn select_view(
         &self,
         session: &Unlocked,
@@ -498,36 +510,31 @@ impl Mail {
         uid_next: u32,
         highest_modseq: u64,
     ) -> Result<(Arc<Vec<FlagsEntry>>, Arc<ViewSummary>)> {
-        // Taken before the view: should a generation be reopened meanwhile, the view is
-        // newer than the stamp the summary is kept under, and the next SELECT (with the
-        // new stamp) computes its own.
-        let stamp = session.with(|k| (uid_next, highest_modseq, k.generation_count()))?;
         let view = self
             .flags_view_at(session, mailbox, uid_next, highest_modseq)
             .await?;
         let hit = session.with(|k| {
-            k.with_cache(|sums: &mut SummaryCache| {
-                sums.get(&mailbox)
-                    .filter(|(s, _)| *s == stamp)
-                    .map(|(_, v)| v.clone())
+            k.with_cache(|views: &mut ViewCache| {
+                views
+                    .get(&mailbox)
+                    .filter(|c| Arc::ptr_eq(&c.view, &view))
+                    .and_then(|c| c.summary.clone())
             })
         })?;
-        let summary = match hit {
-            Some(s) => s,
-            None => {
-                let s = Arc::new(ViewSummary::of(&view));
-                session.with(|k| {
-                    k.with_cache(|sums: &mut SummaryCache| {
-                        // One entry per mailbox; a user with very many starts over.
-                        if sums.len() >= SUMMARY_CACHE_MAX {
-                            sums.clear();
-                        }
-                        sums.insert(mailbox, (stamp, s.clone()));
-                    })
-                })?;
-                s
-            }
-        };
+        if let Some(summary) = hit {
+            return Ok((view, summary));
+        }
+        let summary = Arc::new(ViewSummary::of(&view));
+        session.with(|k| {
+            k.with_cache(|views: &mut ViewCache| {
+                if let Some(c) = views
+                    .get_mut(&mailbox)
+                    .filter(|c| Arc::ptr_eq(&c.view, &view))
+                {
+                    c.summary = Some(summary.clone());
+                }
+            })
+        })?;
         Ok((view, summary))
     }
 
