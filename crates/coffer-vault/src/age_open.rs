@@ -49,6 +49,8 @@ const SEALED_CHUNK: usize = CHUNK + TAG;
 /// chunk is the last, without a buffered peek (which would copy every chunk once more).
 const READ_AHEAD: usize = SEALED_CHUNK + 1;
 
+/// HKDF-SHA-256 as age derives its keys. Not age-core's `primitives::hkdf`, which returns
+/// the key in a plain array: this one expands it straight into memory wiped on drop.
 fn hkdf_sha256(salt: &[u8], info: &[u8], ikm: &[u8]) -> Zeroizing<[u8; 32]> {
     let mut okm = Zeroizing::new([0u8; 32]);
     hkdf::Hkdf::<Sha256>::new(Some(salt), ikm)
@@ -166,7 +168,7 @@ fn broken() -> std::io::Error {
     )
 }
 
-impl<R: BufRead> PayloadReader<R> {
+impl<R: Read> PayloadReader<R> {
     /// Reads the next sealed chunk into `into` (at least [`READ_AHEAD`] bytes) and opens
     /// it there: the plaintext length.
     fn next_chunk(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
@@ -214,7 +216,7 @@ impl<R: BufRead> PayloadReader<R> {
     }
 }
 
-impl<R: BufRead> Read for PayloadReader<R> {
+impl<R: Read> Read for PayloadReader<R> {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         if out.is_empty() {
             return Ok(0);

@@ -681,7 +681,7 @@ fn aead_throughput(smoke: bool, mut seal: impl FnMut([u8; 12], &mut [u8])) -> (f
 /// Single-core ChaCha20-Poly1305 (the AEAD of age's payload, 64 KiB chunks) from the
 /// chacha20poly1305 crate (RustCrypto, what the age crate seals with) over a 10 MiB
 /// buffer: MB/s on this machine, reported beside [`chacha_ring`] (the target's baseline).
-pub fn chacha_baseline(smoke: bool) -> (f64, String) {
+pub fn chacha_rustcrypto(smoke: bool) -> (f64, String) {
     use chacha20poly1305::aead::{AeadInPlace, KeyInit};
     use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32]));

@@ -907,7 +907,7 @@ fn run(s: &Settings) -> Result<(), BoxError> {
             "single-core ChaCha20-Poly1305, ring (for (7))".into(),
             format!("{} MB/s; {detail}", report::number(mbps)),
         ));
-        let (mbps, detail) = load::chacha_baseline(s.smoke);
+        let (mbps, detail) = load::chacha_rustcrypto(s.smoke);
         notes.push((
             "single-core ChaCha20-Poly1305, RustCrypto".into(),
             format!("{} MB/s; {detail}", report::number(mbps)),
